@@ -1,0 +1,3 @@
+"""wgan_jax: WGAN-GP representation learning in JAX/Flax."""
+
+__version__ = '0.1.0'

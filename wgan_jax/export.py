@@ -1,0 +1,187 @@
+"""Exports CIFAR-10 critic features from a checkpoint (the DCGAN protocol).
+
+  python -m wgan_jax.export --workdir=DIR [--step=N] --out=FEATDIR
+  python -m wgan_jax.export --workdir=DIR --source=random --out=FEATDIR
+  python -m wgan_jax.export --source=pixels --out=FEATDIR
+
+For each split it writes `{split}_features.npy` (float32 [N, D], every
+example once, in dataset order), `{split}_labels.npy`, and `layout.json`
+(layers, channels, grid, total dimension, step). Features are every conv
+layer's post-activation map, max-pooled to 4x4, flattened and concatenated.
+A batch-norm critic normalises with its running averages here.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from wgan_jax import checkpoints
+from wgan_jax import fileio
+from wgan_jax import input_pipeline
+from wgan_jax import models
+from wgan_jax import train
+
+SOURCES = ('checkpoint', 'random', 'pixels')
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; latest if unset.')
+_OUT = flags.DEFINE_string('out', None, 'Folder for the features.')
+_SOURCE = flags.DEFINE_enum(
+    'source', 'checkpoint', SOURCES, 'checkpoint: the trained critic; random: '
+    'the same critic at initialisation (a baseline); pixels: raw pixels.')
+_DATASET = flags.DEFINE_string('dataset', 'cifar10', 'TFDS dataset.')
+_SPLITS = flags.DEFINE_list('splits', ['train', 'test'], 'Splits to export.')
+_BATCH = flags.DEFINE_integer('batch_size', 500, 'Examples per forward pass.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'TFDS data dir; TFDS_DATA_DIR if unset.')
+
+
+def load_critic_variables(workdir: str, source: str, step: int | None = None):
+  """The critic module and its variables from a workdir.
+
+  Args:
+    workdir: a training workdir (config.json, checkpoints/).
+    source: 'checkpoint' or 'random' (the initial weights of that run).
+    step: checkpoint step; the latest when None.
+
+  Returns:
+    (critic, variables, step): step is 0 for 'random'.
+  """
+  config = checkpoints.load_config(workdir)
+  gen, critic = models.create_models(config.model)
+  state = jax.jit(lambda key: train.init_state(config, gen, critic, key))(
+      jax.random.PRNGKey(config.seed))
+  if source == 'checkpoint':
+    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    replicated = jax.sharding.NamedSharding(train.create_mesh(),
+                                            jax.sharding.PartitionSpec())
+    state = checkpoints.restore(
+        manager, checkpoints.abstract_like(state, replicated), step)
+  variables = {'params': state.critic.params}
+  if state.critic.batch_stats:
+    variables['batch_stats'] = state.critic.batch_stats
+  return critic, variables, int(state.step)
+
+
+def make_feature_fn(critic, variables, mesh):
+  """A jitted images -> features function, data parallel over the mesh."""
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+  @jax.jit
+  def features(variables, images):
+    _, maps = critic.apply(variables, images, train=False,
+                           return_features=True)
+    return models.pool_features(maps)
+
+  return lambda images: features(variables, jax.device_put(images, shard))
+
+
+def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
+                 batch_size: int, data_dir: str | None) -> dict:
+  """Writes one split's features and labels; returns its summary.
+
+  Rows are written at their dataset index through a memory map, so memory
+  stays bounded; the last partial batch is padded for the compiled function
+  and the padding dropped. Files appear under their final names only when
+  complete.
+  """
+  n = input_pipeline.num_examples(dataset, split, data_dir)
+  final = os.path.join(out, f'{split}_features.npy')
+  tmp = final + '.partial'
+  feats = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
+                                    shape=(n, dim))
+  labels = np.full((n,), -1, np.int64)
+  seen = np.zeros((n,), bool)
+  ds = input_pipeline.create_eval_dataset(dataset, split, batch_size,
+                                          data_dir=data_dir)
+  start = time.perf_counter()
+  with tqdm.tqdm(total=n, desc=f'{dataset} {split}', unit='img') as bar:
+    for batch in input_pipeline.as_numpy_iterator(ds):
+      b = len(batch['index'])
+      images = batch['image']
+      if b < batch_size:
+        images = np.concatenate(
+            [images, np.zeros((batch_size - b,) + images.shape[1:],
+                              images.dtype)])
+      feats[batch['index']] = np.asarray(feature_fn(images))[:b]
+      labels[batch['index']] = batch['label']
+      seen[batch['index']] = True
+      bar.update(b)
+  seconds = time.perf_counter() - start
+  if not seen.all():
+    raise RuntimeError(f'{(~seen).sum()} of {n} {split} examples were not '
+                       'exported.')
+  feats.flush()
+  del feats
+  os.replace(tmp, final)
+  fileio.atomic_save_npy(os.path.join(out, f'{split}_labels.npy'), labels)
+  logging.info('%s: %d x %d features in %.1f s (%.0f images/s).', split, n,
+               dim, seconds, n / seconds)
+  return dict(rows=n, seconds=seconds, images_per_sec=n / seconds)
+
+
+def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
+           step: int | None = None, dataset: str = 'cifar10',
+           splits=('train', 'test'), batch_size: int = 500,
+           data_dir: str | None = None) -> dict:
+  """Exports features of `splits` to `out`; returns the layout written.
+
+  Args:
+    out: output folder (created).
+    source: one of SOURCES.
+    workdir: the training workdir (not needed for 'pixels').
+    step: checkpoint step (latest when None).
+    dataset: TFDS dataset to featurise.
+    splits: its splits.
+    batch_size: examples per forward pass (rounded up to the device count).
+    data_dir: TFDS data dir (TFDS_DATA_DIR when None).
+
+  Returns:
+    The layout dict, also written to out/layout.json.
+  """
+  mesh = train.create_mesh()
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  if source == 'pixels':
+    layout = dict(source='pixels', layers=[], grid=None, total_dim=32 * 32 * 3,
+                  step=None)
+    feature_fn = lambda images: images.reshape(images.shape[0], -1)
+  else:
+    if not workdir:
+      raise ValueError(f'--source={source} needs --workdir.')
+    critic, variables, step = load_critic_variables(workdir, source, step)
+    layout = models.feature_layout(critic.widths, critic.strides)
+    layout.update(source=source, step=step, workdir=os.path.abspath(workdir),
+                  critic_norm=critic.norm)
+    feature_fn = make_feature_fn(critic, variables, mesh)
+  os.makedirs(out, exist_ok=True)
+  layout.update(dataset=dataset, splits={})
+  for split in splits:
+    layout['splits'][split] = export_split(
+        feature_fn, layout['total_dim'], split, out, dataset, batch_size,
+        data_dir)
+  layout['peak_rss_mib'] = fileio.peak_rss_mib()
+  fileio.atomic_write_json(os.path.join(out, 'layout.json'), layout)
+  return layout
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _OUT.value:
+    raise app.UsageError('--out is required.')
+  input_pipeline.hide_accelerators_from_tf()
+  layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
+                  _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value)
+  print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features '
+        f'(step {layout["step"]}) to {_OUT.value}; peak RSS '
+        f'{layout["peak_rss_mib"]:.0f} MiB.')
+
+
+if __name__ == '__main__':
+  app.run(main)

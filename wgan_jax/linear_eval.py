@@ -1,0 +1,338 @@
+"""Linear-SVM evaluation of exported critic features (the DCGAN protocol).
+
+Usage:
+
+  python -m wgan_jax.linear_eval --features=FEATDIR \
+      [--train_per_class=K] [--C=0.01] [--seed=0] [--max_iter=2000] \
+      [--out=PATH]
+
+FEATDIR is written by `python -m wgan_jax.export`. Flags are spelled with
+underscores, as absl requires; the dashed spellings (`--train-per-class`,
+`--max-iter`) are rewritten to them before parsing, for convenience.
+"""
+
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import sklearn
+from sklearn import exceptions
+from sklearn import svm
+
+from wgan_jax import fileio
+
+DEFAULT_C = 0.01
+DEFAULT_MAX_ITER = 2000
+RESULTS_FILENAME = 'results.json'
+_FEATURE_FILES = (
+    'train_features.npy',
+    'train_labels.npy',
+    'test_features.npy',
+    'test_labels.npy',
+    'layout.json',
+)
+# Rows converted to float64 at a time when scoring, to bound peak memory.
+_PREDICT_CHUNK_ROWS = 4096
+
+
+def class_balanced_subset(
+    labels: np.ndarray, per_class: int, seed: int
+) -> np.ndarray:
+  """Draws the same number of rows from every class, without replacement.
+
+  Args:
+    labels: int array [N] of class labels.
+    per_class: rows to draw from each class present in `labels`.
+    seed: seed of the draw; the same seed gives the same rows.
+
+  Returns:
+    Sorted int64 row indices, exactly `per_class` per class.
+
+  Raises:
+    ValueError: if `per_class` is not positive or a class has fewer rows.
+  """
+  labels = np.asarray(labels)
+  if per_class < 1:
+    raise ValueError(f'per_class must be positive, got {per_class}')
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for cls in np.unique(labels):
+    rows = np.flatnonzero(labels == cls)
+    if rows.size < per_class:
+      raise ValueError(
+          f'class {cls} has only {rows.size} rows, fewer than the '
+          f'{per_class} per class requested'
+      )
+    chosen.append(rng.choice(rows, size=per_class, replace=False))
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def fit_linear_svm(
+    x: np.ndarray,
+    y: np.ndarray,
+    C: float,  # pylint: disable=invalid-name
+    max_iter: int = DEFAULT_MAX_ITER,
+    seed: int = 0,
+) -> svm.LinearSVC:
+  """Fits an L2-regularised squared-hinge linear SVM on raw features.
+
+  Features are deliberately not scaled: the DCGAN protocol trains the SVM
+  on the concatenated, max-pooled critic activations as they are. A
+  ConvergenceWarning is logged rather than raised; callers can detect it by
+  `np.max(model.n_iter_) >= max_iter`, the test sklearn itself uses.
+
+  Args:
+    x: features [N, D].
+    y: int labels [N].
+    C: inverse regularisation strength.
+    max_iter: iteration cap of liblinear.
+    seed: seed of liblinear's coordinate shuffling.
+
+  Returns:
+    The fitted sklearn.svm.LinearSVC.
+  """
+  model = svm.LinearSVC(
+      C=C,
+      loss='squared_hinge',
+      penalty='l2',
+      dual='auto',
+      max_iter=max_iter,
+      random_state=seed,
+  )
+  with warnings.catch_warnings(record=True) as caught:
+    # 'always' so the warning is recorded here even if the caller's filters
+    # would have raised it as an error or shown it only once.
+    warnings.simplefilter('always')
+    model.fit(x, y)
+  for warning in caught:
+    if issubclass(warning.category, exceptions.ConvergenceWarning):
+      logging.warning(
+          'LinearSVC did not converge in %d iterations (C=%g): %s',
+          max_iter,
+          C,
+          warning.message,
+      )
+    else:
+      # Anything else is not ours to hide; hand it back to the caller.
+      warnings.warn_explicit(
+          warning.message, warning.category, warning.filename, warning.lineno
+      )
+  return model
+
+
+def _check_features_dir(features_dir: str) -> None:
+  """Raises FileNotFoundError unless every exported file is present."""
+  hint = 'run `python -m wgan_jax.export` first to write it'
+  if not os.path.isdir(features_dir):
+    raise FileNotFoundError(
+        f'features directory {features_dir} does not exist; {hint}'
+    )
+  for name in _FEATURE_FILES:
+    path = os.path.join(features_dir, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'missing feature file {path}; {hint}')
+
+
+def _load_split(
+    features_dir: str, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """Memory-maps one split's features and loads its labels."""
+  features_path = os.path.join(features_dir, f'{split}_features.npy')
+  labels_path = os.path.join(features_dir, f'{split}_labels.npy')
+  features = np.load(features_path, mmap_mode='r')
+  labels = np.load(labels_path)
+  if features.ndim != 2:
+    raise ValueError(
+        f'{features_path} should be [N, D], got shape {features.shape}'
+    )
+  if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+    raise ValueError(
+        f'{features_path} has {features.shape[0]} rows but {labels_path} '
+        f'has shape {labels.shape}; they must match row for row'
+    )
+  return features, labels
+
+
+def _accuracy(
+    model: svm.LinearSVC, features: np.ndarray, labels: np.ndarray
+) -> float:
+  """Scores in chunks so a large memory-mapped test set is never copied."""
+  correct = 0
+  for start in range(0, features.shape[0], _PREDICT_CHUNK_ROWS):
+    stop = start + _PREDICT_CHUNK_ROWS
+    chunk = np.asarray(features[start:stop])
+    correct += int(np.sum(model.predict(chunk) == labels[start:stop]))
+  return correct / features.shape[0]
+
+
+def evaluate(
+    features_dir: str | os.PathLike[str],
+    train_per_class: int | None = None,
+    C: float = DEFAULT_C,  # pylint: disable=invalid-name
+    seed: int = 0,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> dict[str, Any]:
+  """Trains a linear SVM on exported train features and scores the test set.
+
+  Args:
+    features_dir: directory written by `python -m wgan_jax.export`.
+    train_per_class: if set, train on this many rows per class drawn with
+      `seed` (e.g. 1000 for the SVHN 10k-label protocol); else on all rows.
+    C: inverse regularisation strength of the SVM.
+    seed: seed of the class-balanced draw and of liblinear.
+    max_iter: iteration cap of liblinear.
+
+  Returns:
+    A JSON-serialisable dict of the test accuracy (a fraction), settings,
+    sizes, fit time, peak memory, convergence and the export's layout.
+
+  Raises:
+    FileNotFoundError: if `features_dir` or one of its files is missing.
+    ValueError: if features and labels disagree in row count.
+  """
+  features_dir = os.fspath(features_dir)
+  _check_features_dir(features_dir)
+  train_x, train_y = _load_split(features_dir, 'train')
+  test_x, test_y = _load_split(features_dir, 'test')
+  if train_x.shape[1] != test_x.shape[1]:
+    raise ValueError(
+        f'train features have {train_x.shape[1]} dims but test features '
+        f'have {test_x.shape[1]}'
+    )
+  with open(os.path.join(features_dir, 'layout.json'), encoding='utf-8') as f:
+    layout = json.load(f)
+
+  if train_per_class is not None:
+    rows = class_balanced_subset(train_y, train_per_class, seed)
+    # Fancy indexing reads just the chosen rows from the memory map.
+    train_x, train_y = train_x[rows], train_y[rows]
+  logging.info(
+      'Fitting LinearSVC(C=%g) on %d rows x %d dims',
+      C,
+      train_x.shape[0],
+      train_x.shape[1],
+  )
+  start = time.perf_counter()
+  model = fit_linear_svm(train_x, train_y, C, max_iter=max_iter, seed=seed)
+  fit_seconds = time.perf_counter() - start
+  n_iter = int(np.max(model.n_iter_))
+  accuracy = _accuracy(model, test_x, test_y)
+  return {
+      'test_accuracy': accuracy,
+      'C': float(C),
+      'n_train': int(train_x.shape[0]),
+      'n_test': int(test_x.shape[0]),
+      'feature_dim': int(train_x.shape[1]),
+      'n_classes': int(np.unique(train_y).size),
+      'train_per_class': (
+          None if train_per_class is None else int(train_per_class)
+      ),
+      'seed': int(seed),
+      'max_iter': int(max_iter),
+      'n_iter': n_iter,
+      'converged': n_iter < max_iter,
+      'fit_seconds': fit_seconds,
+      'peak_rss_mib': fileio.peak_rss_mib(),
+      'layout': layout,
+      'sklearn_version': sklearn.__version__,
+      'features_dir': os.path.abspath(features_dir),
+  }
+
+
+def summary_line(results: dict[str, Any]) -> str:
+  """Formats evaluate()'s results as the one-line summary main prints."""
+  line = (
+      f'test accuracy {100 * results["test_accuracy"]:.2f}% '
+      f'(C={results["C"]:g}, {results["n_train"]} train rows x '
+      f'{results["feature_dim"]} dims, fit {results["fit_seconds"]:.1f} s, '
+      f'peak RSS {results["peak_rss_mib"]:.0f} MiB)'
+  )
+  if not results['converged']:
+    line += ' [LinearSVC did not converge]'
+  return line
+
+
+def _define_flags() -> None:
+  """Defines the CLI flags.
+
+  Done only when run as a program so that importing this module next to
+  others that define e.g. --seed raises no DuplicateFlagError.
+  """
+  flags.DEFINE_string(
+      'features', None, 'Directory written by `python -m wgan_jax.export`.'
+  )
+  flags.DEFINE_integer(
+      'train_per_class',
+      None,
+      'Train on this many rows per class (also --train-per-class); '
+      'default: all train rows.',
+      lower_bound=1,
+  )
+  flags.DEFINE_float('C', DEFAULT_C, 'Inverse regularisation strength.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the subset draw and of liblinear.')
+  flags.DEFINE_integer(
+      'max_iter',
+      DEFAULT_MAX_ITER,
+      'Iteration cap of liblinear (also --max-iter).',
+      lower_bound=1,
+  )
+  flags.DEFINE_string(
+      'out', None, f'Results JSON path; default: FEATDIR/{RESULTS_FILENAME}.'
+  )
+  flags.mark_flag_as_required('features')
+
+
+def _undash_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+  """Rewrites `--flag-name[=v]` to `--flag_name[=v]` for the given flags."""
+  rewritten = list(argv[:1])
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == '--':
+      # Everything after '--' is positional; leave it alone.
+      rewritten.extend(argv[i:])
+      break
+    if arg.startswith('--'):
+      name, sep, value = arg[2:].partition('=')
+      undashed = name.replace('-', '_')
+      if undashed in names:
+        arg = f'--{undashed}{sep}{value}'
+    rewritten.append(arg)
+  return rewritten
+
+
+def main(argv: Sequence[str]) -> None:
+  """Evaluates the features named by the flags and writes results.json.
+
+  Args:
+    argv: command-line arguments left after flag parsing; must be empty.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  flag_values = flags.FLAGS
+  results = evaluate(
+      flag_values.features,
+      train_per_class=flag_values.train_per_class,
+      C=flag_values.C,
+      seed=flag_values.seed,
+      max_iter=flag_values.max_iter,
+  )
+  out = flag_values.out or os.path.join(flag_values.features, RESULTS_FILENAME)
+  fileio.atomic_write_json(out, results)
+  logging.info('Wrote %s', out)
+  print(summary_line(results), flush=True)
+
+
+def run() -> None:
+  """Entry point of `python -m wgan_jax.linear_eval`."""
+  _define_flags()
+  app.run(main, argv=_undash_flags(sys.argv, ('train_per_class', 'max_iter')))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,64 @@
+"""GAN objectives: WGAN-GP and the standard cross-entropy GAN."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LOSSES = ('wgan-gp', 'gan')
+
+
+def gradient_penalty(score_fn: Callable[[jnp.ndarray], jnp.ndarray],
+                     real: jnp.ndarray, fake: jnp.ndarray,
+                     key: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Two-sided gradient penalty of WGAN-GP on random interpolates.
+
+  x_hat = eps * x + (1 - eps) * G(z), with one eps ~ U[0, 1] per example, and
+  the penalty is E[(||grad C(x_hat)||_2 - 1)^2] with the norm over all of H,
+  W and C of each example.
+
+  Args:
+    score_fn: maps images [B, H, W, C] to scores [B]. The gradient of the sum
+      of scores is each example's own input gradient only if the critic treats
+      examples independently (layer norm or none; not batch norm).
+    real: real images [B, H, W, C].
+    fake: generated images, same shape.
+    key: PRNG key for eps.
+
+  Returns:
+    (penalty, per-example gradient norms [B]).
+  """
+  eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1),
+                           dtype=real.dtype)
+  x_hat = eps * real + (1.0 - eps) * fake
+  grads = jax.grad(lambda x: jnp.sum(score_fn(x)))(x_hat)
+  # safe_norm's gradient is zero, not NaN, where the input gradient is exactly
+  # zero; a bare sqrt gives NaN there (a known failure of several ports).
+  norms = optax.safe_norm(grads.reshape(grads.shape[0], -1), 0.0, axis=-1)
+  return jnp.mean((norms - 1.0) ** 2), norms
+
+
+def wgan_critic_loss(real_scores, fake_scores):
+  """E[C(G(z))] - E[C(x)]: the negated Wasserstein estimate (no penalty)."""
+  return jnp.mean(fake_scores) - jnp.mean(real_scores)
+
+
+def wgan_generator_loss(fake_scores):
+  """-E[C(G(z))]."""
+  return -jnp.mean(fake_scores)
+
+
+def gan_critic_loss(real_scores, fake_scores):
+  """Cross-entropy discriminator loss, the paper's equation 3.
+
+  -E[log D(x)] - E[log(1 - D(G(z)))] with D = sigmoid(score), written with
+  softplus for numerical stability.
+  """
+  return (jnp.mean(jax.nn.softplus(-real_scores))
+          + jnp.mean(jax.nn.softplus(fake_scores)))
+
+
+def gan_generator_loss(fake_scores):
+  """Non-saturating generator loss -E[log D(G(z))], the paper's equation 4."""
+  return jnp.mean(jax.nn.softplus(-fake_scores))

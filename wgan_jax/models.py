@@ -1,0 +1,144 @@
+"""DCGAN-style generator and critic, and the critic's feature layout."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+NORMS = ('layer', 'batch', 'none')
+FEATURE_GRID = 4  # Every conv map is max-pooled to a 4x4 grid (DCGAN).
+
+
+class Generator(nn.Module):
+  """Noise -> dense -> 4x4 map -> stride-2 transposed convs -> 32x32x3 tanh.
+
+  Attributes:
+    widths: channels of the 4x4 map and of each upsampled map but the last;
+      one stride-2 transposed conv follows each, so len(widths) == 3 gives
+      4 -> 8 -> 16 -> 32.
+    kernel_size: transposed-conv kernel size.
+  """
+  widths: Sequence[int] = (512, 256, 128)
+  kernel_size: int = 4
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    batch_norm = lambda: nn.BatchNorm(  # pylint: disable=g-long-lambda
+        use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    k = (self.kernel_size, self.kernel_size)
+    x = nn.Dense(4 * 4 * self.widths[0])(z)
+    x = x.reshape(z.shape[0], 4, 4, self.widths[0])
+    x = nn.relu(batch_norm()(x))
+    for width in self.widths[1:]:
+      x = nn.ConvTranspose(width, k, strides=(2, 2), padding='SAME')(x)
+      x = nn.relu(batch_norm()(x))
+    x = nn.ConvTranspose(3, k, strides=(2, 2), padding='SAME')(x)
+    return jnp.tanh(x)
+
+
+def conv_padding(kernel_size: int, stride: int) -> int:
+  """Symmetric padding that maps size n to ceil(n / stride) (PyTorch style)."""
+  if stride == 1:
+    return (kernel_size - 1) // 2
+  return kernel_size // 2 - (kernel_size % 2 == 0)
+
+
+class Critic(nn.Module):
+  """Conv stack with LeakyReLU 0.2 and a linear output.
+
+  Attributes:
+    widths: output channels of each conv.
+    strides: stride of each conv.
+    kernel_size: kernel size of every conv.
+    norm: 'layer' (per example over H, W, C, per-channel scale and offset;
+      the WGAN-GP authors' choice), 'batch' (the paper's choice; couples the
+      examples of a batch) or 'none'. Never applied to the first conv.
+  """
+  widths: Sequence[int] = (128, 128, 256, 256, 512, 512)
+  strides: Sequence[int] = (1, 2, 1, 2, 1, 2)
+  kernel_size: int = 3
+  norm: str = 'layer'
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, return_features: bool = False):
+    """Scores images.
+
+    Args:
+      x: images [B, H, W, 3] in [-1, 1].
+      train: batch norm uses batch statistics (and updates its running
+        averages) when True; ignored by the other norms.
+      return_features: also return every conv layer's post-activation map.
+
+    Returns:
+      Scores [B], or (scores, [maps]) with return_features.
+    """
+    if self.norm not in NORMS:
+      raise ValueError(f'Unknown critic norm {self.norm!r}; use one of {NORMS}.')
+    if len(self.widths) != len(self.strides):
+      raise ValueError('critic widths and strides differ in length: '
+                       f'{self.widths} vs {self.strides}.')
+    k = self.kernel_size
+    maps = []
+    for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
+      p = conv_padding(k, stride)
+      x = nn.Conv(width, (k, k), strides=(stride, stride),
+                  padding=((p, p), (p, p)))(x)
+      if i > 0 and self.norm == 'layer':
+        # Over (H, W, C) of each example: Flax's default LayerNorm would
+        # normalise each pixel's channels alone, which is not the paper's.
+        x = nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1)(x)
+      elif i > 0 and self.norm == 'batch':
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-5)(x)
+      x = nn.leaky_relu(x, 0.2)
+      maps.append(x)
+    score = nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+    return (score, maps) if return_features else score
+
+
+def pool_features(maps: Sequence[jnp.ndarray],
+                  grid: int = FEATURE_GRID) -> jnp.ndarray:
+  """Max-pools each map to a grid x grid map, flattens and concatenates.
+
+  The DCGAN protocol: the pooling window and stride are map size / grid.
+
+  Args:
+    maps: conv outputs [B, H, W, C] with H and W divisible by grid.
+    grid: side of the pooled grid.
+
+  Returns:
+    Features [B, grid * grid * sum(C)], each map flattened in (h, w, c) order.
+  """
+  pooled = []
+  for m in maps:
+    h, w = m.shape[1:3]
+    if h % grid or w % grid:
+      raise ValueError(f'A {h}x{w} map does not pool to a {grid}x{grid} grid.')
+    window = (h // grid, w // grid)
+    m = nn.max_pool(m, window, strides=window)
+    pooled.append(m.reshape(m.shape[0], -1))
+  return jnp.concatenate(pooled, axis=-1)
+
+
+def feature_layout(widths: Sequence[int], strides: Sequence[int],
+                   image_size: int = 32, grid: int = FEATURE_GRID) -> dict:
+  """Describes the exported feature vector of a critic architecture."""
+  layers, size, offset = [], image_size, 0
+  for i, (width, stride) in enumerate(zip(widths, strides)):
+    size = -(-size // stride)
+    dim = grid * grid * width
+    layers.append(dict(name=f'conv{i}', channels=width, map_size=size,
+                       pool_window=size // grid, offset=offset, dim=dim))
+    offset += dim
+  return dict(layers=layers, grid=grid, total_dim=offset)
+
+
+def create_models(model_config) -> tuple[Generator, Critic]:
+  """Builds the generator and critic from `config.model`."""
+  gen = Generator(widths=tuple(model_config.gen_widths),
+                  kernel_size=model_config.gen_kernel)
+  critic = Critic(widths=tuple(model_config.critic_widths),
+                  strides=tuple(model_config.critic_strides),
+                  kernel_size=model_config.critic_kernel,
+                  norm=model_config.critic_norm)
+  return gen, critic
