@@ -37,6 +37,9 @@ def get_config():
   config.model.critic_strides = (1, 2, 1, 2, 1, 2)
   config.model.critic_kernel = 3
   config.model.critic_norm = 'layer'  # 'layer', 'batch' or 'none'.
+  # 'auto': convolutions as patch GEMMs on CPU (much faster there), XLA's own
+  # elsewhere; 'xla' or 'matmul' to force one. Same parameters either way.
+  config.model.conv_impl = 'auto'
 
   config.loss = 'wgan-gp'  # 'wgan-gp' or 'gan' (the paper's equations 3-4).
   config.gp_weight = 10.0  # lambda.

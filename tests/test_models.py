@@ -31,14 +31,14 @@ class ModelsTest(absltest.TestCase):
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 32, 3)) * 5 + 2
     variables = critic.init(jax.random.PRNGKey(1), x)
     _, inter = critic.apply(variables, x, capture_intermediates=True)
-    out = np.asarray(inter['intermediates']['LayerNorm_0']['__call__'][0])
+    out = np.asarray(inter['intermediates']['norm1']['__call__'][0])
     self.assertEqual(out.shape, (3, 16, 16, 8))
     np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(out.var(axis=(1, 2, 3)), 1.0, atol=1e-3)
     # Not Flax's default per-pixel LayerNorm: single pixels are not centred.
     self.assertGreater(np.abs(out.mean(axis=-1)).max(), 0.1)
     # One scale and offset per channel.
-    params = variables['params']['LayerNorm_0']
+    params = variables['params']['norm1']
     self.assertEqual(params['scale'].shape, (8,))
     self.assertEqual(params['bias'].shape, (8,))
 
@@ -46,7 +46,7 @@ class ModelsTest(absltest.TestCase):
     for norm in ('layer', 'batch'):
       critic = models.Critic(widths=(4, 4, 4), strides=(1, 2, 2), norm=norm)
       variables = critic.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
-      norms = [k for k in variables['params'] if 'Norm' in k]
+      norms = [k for k in variables['params'] if k.startswith('norm')]
       self.assertLen(norms, 2)
 
   def test_shapes(self):

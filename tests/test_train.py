@@ -64,8 +64,8 @@ class TrainStepTest(absltest.TestCase):
       # norm has a mathematically zero gradient, and Adam scales the float
       # noise there up to +-learning_rate, differently for each reduction
       # order. The output layer sees no such cancellation.
-      np.testing.assert_allclose(state1.critic.params['Dense_0']['kernel'],
-                                 state2.critic.params['Dense_0']['kernel'],
+      np.testing.assert_allclose(state1.critic.params['out']['kernel'],
+                                 state2.critic.params['out']['kernel'],
                                  rtol=1e-4, atol=1e-6)
 
   def test_metrics_are_finite_and_step_counts(self):

@@ -13,6 +13,8 @@ from wgan_jax import fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+# Model settings that leave the parameters unchanged.
+_NOT_ARCHITECTURE = frozenset({'conv_impl'})
 
 
 def _plain(value):
@@ -51,7 +53,8 @@ def check_architecture(workdir: str, config: ml_collections.ConfigDict):
   with open(path) as f:
     saved = _plain(json.load(f).get('model', {}))
   live = _plain(config.model.to_dict())
-  diff = sorted(k for k in set(saved) | set(live) if saved.get(k) != live.get(k))
+  diff = sorted(k for k in (set(saved) | set(live)) - _NOT_ARCHITECTURE
+                if saved.get(k) != live.get(k))
   if diff:
     details = '; '.join(f'model.{k}: saved {saved.get(k)!r}, now {live.get(k)!r}'
                         for k in diff)

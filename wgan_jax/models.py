@@ -5,6 +5,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from wgan_jax import conv
+
 NORMS = ('layer', 'batch', 'none')
 FEATURE_GRID = 4  # Every conv map is max-pooled to a 4x4 grid (DCGAN).
 
@@ -17,22 +19,33 @@ class Generator(nn.Module):
       one stride-2 transposed conv follows each, so len(widths) == 3 gives
       4 -> 8 -> 16 -> 32.
     kernel_size: transposed-conv kernel size.
+    conv_impl: 'xla' (flax's ConvTranspose), 'matmul' (patches and one GEMM,
+      fast on CPU) or 'auto' (by backend); the parameters are the same.
   """
   widths: Sequence[int] = (512, 256, 128)
   kernel_size: int = 4
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, z, train: bool = True):
     batch_norm = lambda: nn.BatchNorm(  # pylint: disable=g-long-lambda
         use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    k = (self.kernel_size, self.kernel_size)
-    x = nn.Dense(4 * 4 * self.widths[0])(z)
+    k = self.kernel_size
+    impl = conv.resolve_impl(self.conv_impl)
+
+    def upsample(features, name):
+      if impl == 'matmul':
+        return conv.MatmulConvTranspose(features, k, 2, name=name)
+      return nn.ConvTranspose(features, (k, k), strides=(2, 2),
+                              padding='SAME', name=name)
+
+    x = nn.Dense(4 * 4 * self.widths[0], name='dense')(z)
     x = x.reshape(z.shape[0], 4, 4, self.widths[0])
     x = nn.relu(batch_norm()(x))
-    for width in self.widths[1:]:
-      x = nn.ConvTranspose(width, k, strides=(2, 2), padding='SAME')(x)
+    for i, width in enumerate(self.widths[1:]):
+      x = upsample(width, f'deconv{i}')(x)
       x = nn.relu(batch_norm()(x))
-    x = nn.ConvTranspose(3, k, strides=(2, 2), padding='SAME')(x)
+    x = upsample(3, f'deconv{len(self.widths) - 1}')(x)
     return jnp.tanh(x)
 
 
@@ -53,11 +66,14 @@ class Critic(nn.Module):
     norm: 'layer' (per example over H, W, C, per-channel scale and offset;
       the WGAN-GP authors' choice), 'batch' (the paper's choice; couples the
       examples of a batch) or 'none'. Never applied to the first conv.
+    conv_impl: 'xla' (flax's Conv), 'matmul' (patches and one GEMM, fast on
+      CPU) or 'auto' (by backend); the parameters are the same.
   """
   widths: Sequence[int] = (128, 128, 256, 256, 512, 512)
   strides: Sequence[int] = (1, 2, 1, 2, 1, 2)
   kernel_size: int = 3
   norm: str = 'layer'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = True, return_features: bool = False):
@@ -78,21 +94,26 @@ class Critic(nn.Module):
       raise ValueError('critic widths and strides differ in length: '
                        f'{self.widths} vs {self.strides}.')
     k = self.kernel_size
+    impl = conv.resolve_impl(self.conv_impl)
     maps = []
     for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
       p = conv_padding(k, stride)
-      x = nn.Conv(width, (k, k), strides=(stride, stride),
-                  padding=((p, p), (p, p)))(x)
+      if impl == 'matmul':
+        x = conv.MatmulConv(width, k, stride, p, name=f'conv{i}')(x)
+      else:
+        x = nn.Conv(width, (k, k), strides=(stride, stride),
+                    padding=((p, p), (p, p)), name=f'conv{i}')(x)
       if i > 0 and self.norm == 'layer':
         # Over (H, W, C) of each example: Flax's default LayerNorm would
         # normalise each pixel's channels alone, which is not the paper's.
-        x = nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1)(x)
+        x = nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1,
+                         name=f'norm{i}')(x)
       elif i > 0 and self.norm == 'batch':
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5)(x)
+                         epsilon=1e-5, name=f'norm{i}')(x)
       x = nn.leaky_relu(x, 0.2)
       maps.append(x)
-    score = nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+    score = nn.Dense(1, name='out')(x.reshape(x.shape[0], -1))[:, 0]
     return (score, maps) if return_features else score
 
 
@@ -135,10 +156,11 @@ def feature_layout(widths: Sequence[int], strides: Sequence[int],
 
 def create_models(model_config) -> tuple[Generator, Critic]:
   """Builds the generator and critic from `config.model`."""
+  impl = model_config.get('conv_impl', 'auto')
   gen = Generator(widths=tuple(model_config.gen_widths),
-                  kernel_size=model_config.gen_kernel)
+                  kernel_size=model_config.gen_kernel, conv_impl=impl)
   critic = Critic(widths=tuple(model_config.critic_widths),
                   strides=tuple(model_config.critic_strides),
                   kernel_size=model_config.critic_kernel,
-                  norm=model_config.critic_norm)
+                  norm=model_config.critic_norm, conv_impl=impl)
   return gen, critic
