@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from wgan_jax import linear_eval
+from wgan_jax import protocol
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _LAYOUT = {'layers': ['conv1', 'conv2'], 'pool': 4}
@@ -42,7 +43,7 @@ def _make_featdir(path, n_train=30, n_test=10, n_classes=3, dim=6, seed=0):
 
 def test_class_balanced_subset_exact_counts():
   labels = np.array([0] * 7 + [1] * 12 + [2] * 5 + [5] * 9)
-  rows = linear_eval.class_balanced_subset(labels, per_class=5, seed=0)
+  rows = protocol.class_balanced_subset(labels, per_class=5, seed=0)
   assert np.all(np.diff(rows) > 0)  # sorted and without repeats
   classes, counts = np.unique(labels[rows], return_counts=True)
   np.testing.assert_array_equal(classes, [0, 1, 2, 5])
@@ -51,9 +52,9 @@ def test_class_balanced_subset_exact_counts():
 
 def test_class_balanced_subset_seeded():
   labels = np.tile(np.arange(4), 50)
-  first = linear_eval.class_balanced_subset(labels, per_class=10, seed=3)
-  again = linear_eval.class_balanced_subset(labels, per_class=10, seed=3)
-  other = linear_eval.class_balanced_subset(labels, per_class=10, seed=4)
+  first = protocol.class_balanced_subset(labels, per_class=10, seed=3)
+  again = protocol.class_balanced_subset(labels, per_class=10, seed=3)
+  other = protocol.class_balanced_subset(labels, per_class=10, seed=4)
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 
@@ -61,7 +62,7 @@ def test_class_balanced_subset_seeded():
 def test_class_balanced_subset_too_few_names_class():
   labels = np.array([0] * 10 + [1] * 10 + [7] * 3)
   with pytest.raises(ValueError, match='class 7 has only 3 rows'):
-    linear_eval.class_balanced_subset(labels, per_class=4, seed=0)
+    protocol.class_balanced_subset(labels, per_class=4, seed=0)
 
 
 def test_evaluate_known_answer(tmp_path):

@@ -56,8 +56,8 @@ def check_architecture(workdir: str, config: ml_collections.ConfigDict):
   diff = sorted(k for k in (set(saved) | set(live)) - _NOT_ARCHITECTURE
                 if saved.get(k) != live.get(k))
   if diff:
-    details = '; '.join(f'model.{k}: saved {saved.get(k)!r}, now {live.get(k)!r}'
-                        for k in diff)
+    details = '; '.join(
+        f'model.{k}: saved {saved.get(k)!r}, now {live.get(k)!r}' for k in diff)
     raise ValueError(
         f'The workdir {workdir!r} holds a run of another architecture '
         f'({details}). Use a new --workdir, or the saved config '

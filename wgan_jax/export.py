@@ -4,11 +4,16 @@
   python -m wgan_jax.export --workdir=DIR --source=random --out=FEATDIR
   python -m wgan_jax.export --source=pixels --out=FEATDIR
 
-For each split it writes `{split}_features.npy` (float32 [N, D], every
-example once, in dataset order), `{split}_labels.npy`, and `layout.json`
-(layers, channels, grid, total dimension, step). Features are every conv
-layer's post-activation map, max-pooled to 4x4, flattened and concatenated.
-A batch-norm critic normalises with its running averages here.
+For each split it writes `{name}_features.npy` (float32 [N, D], every
+example once, in dataset order), `{name}_labels.npy`, and `layout.json`
+(layers, channels, grid, total dimension, step); `name` is the split without
+its slice, so `--splits=train[:10000],test` writes train_* and test_*.
+Features are every conv layer's post-activation map, max-pooled to 4x4,
+flattened and concatenated.
+A batch-norm critic (the paper's) normalises with statistics recomputed on
+the CIFAR-10 train images by default, as the DCGAN code did: the mean over
+full batches of each batch's mean and variance (`--bn_stats=recompute`); or
+with the running averages from training (`--bn_stats=running`).
 """
 
 import os
@@ -18,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -38,6 +44,10 @@ _SOURCE = flags.DEFINE_enum(
 _DATASET = flags.DEFINE_string('dataset', 'cifar10', 'TFDS dataset.')
 _SPLITS = flags.DEFINE_list('splits', ['train', 'test'], 'Splits to export.')
 _BATCH = flags.DEFINE_integer('batch_size', 500, 'Examples per forward pass.')
+_BN_STATS = flags.DEFINE_enum(
+    'bn_stats', 'recompute', ('recompute', 'running'),
+    'Batch-norm critics only: recompute the statistics on the train split '
+    '(DCGAN), or use the running averages from training.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir; TFDS_DATA_DIR if unset.')
 
@@ -69,6 +79,42 @@ def load_critic_variables(workdir: str, source: str, step: int | None = None):
   return critic, variables, int(state.step)
 
 
+def recompute_batch_stats(critic, variables, dataset: str, split: str,
+                          batch_size: int, data_dir: str | None):
+  """Batch-norm statistics averaged over the full batches of a split.
+
+  Each batch is normalised with its own statistics (training mode) and the
+  per-batch means and variances are averaged, as DCGAN's evaluation code and
+  "precise BN" do; the short last batch is left out.
+
+  Returns:
+    `variables` with the recomputed 'batch_stats'.
+  """
+  probe = critic.clone(bn_momentum=0.0)  # Stores each batch's statistics.
+
+  @jax.jit
+  def batch_stats(images):
+    _, updates = probe.apply(variables, images, train=True,
+                             mutable=['batch_stats'])
+    return updates['batch_stats']
+
+  ds = input_pipeline.create_eval_dataset(dataset, split, batch_size,
+                                          data_dir=data_dir)
+  total, count = None, 0
+  for batch in input_pipeline.as_numpy_iterator(ds):
+    if len(batch['index']) < batch_size:
+      continue
+    stats = batch_stats(batch['image'])
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+  if not count:
+    raise ValueError(f'{split} has no full batch of {batch_size} to '
+                     'recompute batch-norm statistics from.')
+  logging.info('Recomputed batch-norm statistics over %d batches of %s.',
+               count, split)
+  return dict(variables, batch_stats=jax.tree.map(lambda t: t / count, total))
+
+
 def make_feature_fn(critic, variables, mesh):
   """A jitted images -> features function, data parallel over the mesh."""
   shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
@@ -92,7 +138,9 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
   complete.
   """
   n = input_pipeline.num_examples(dataset, split, data_dir)
-  final = os.path.join(out, f'{split}_features.npy')
+  # 'train[:10000]' is written as train_*.npy, which linear_eval reads.
+  name = split.split('[')[0]
+  final = os.path.join(out, f'{name}_features.npy')
   tmp = final + '.partial'
   feats = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
                                     shape=(n, dim))
@@ -120,16 +168,17 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
   feats.flush()
   del feats
   os.replace(tmp, final)
-  fileio.atomic_save_npy(os.path.join(out, f'{split}_labels.npy'), labels)
+  fileio.atomic_save_npy(os.path.join(out, f'{name}_labels.npy'), labels)
   logging.info('%s: %d x %d features in %.1f s (%.0f images/s).', split, n,
                dim, seconds, n / seconds)
-  return dict(rows=n, seconds=seconds, images_per_sec=n / seconds)
+  return dict(split=split, rows=n, seconds=seconds,
+              images_per_sec=n / seconds)
 
 
 def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
            step: int | None = None, dataset: str = 'cifar10',
            splits=('train', 'test'), batch_size: int = 500,
-           data_dir: str | None = None) -> dict:
+           data_dir: str | None = None, bn_stats: str = 'recompute') -> dict:
   """Exports features of `splits` to `out`; returns the layout written.
 
   Args:
@@ -141,6 +190,8 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
     splits: its splits.
     batch_size: examples per forward pass (rounded up to the device count).
     data_dir: TFDS data dir (TFDS_DATA_DIR when None).
+    bn_stats: for a batch-norm critic, 'recompute' on the dataset's train
+      split or use the 'running' averages; ignored by other critics.
 
   Returns:
     The layout dict, also written to out/layout.json.
@@ -155,14 +206,18 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
     if not workdir:
       raise ValueError(f'--source={source} needs --workdir.')
     critic, variables, step = load_critic_variables(workdir, source, step)
+    if critic.norm == 'batch' and bn_stats == 'recompute':
+      variables = recompute_batch_stats(critic, variables, dataset, 'train',
+                                        batch_size, data_dir)
     layout = models.feature_layout(critic.widths, critic.strides)
     layout.update(source=source, step=step, workdir=os.path.abspath(workdir),
-                  critic_norm=critic.norm)
+                  critic_norm=critic.norm,
+                  bn_stats=bn_stats if critic.norm == 'batch' else None)
     feature_fn = make_feature_fn(critic, variables, mesh)
   os.makedirs(out, exist_ok=True)
   layout.update(dataset=dataset, splits={})
   for split in splits:
-    layout['splits'][split] = export_split(
+    layout['splits'][split.split('[')[0]] = export_split(
         feature_fn, layout['total_dim'], split, out, dataset, batch_size,
         data_dir)
   layout['peak_rss_mib'] = fileio.peak_rss_mib()
@@ -177,7 +232,8 @@ def main(argv):
     raise app.UsageError('--out is required.')
   input_pipeline.hide_accelerators_from_tf()
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
-                  _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value)
+                  _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
+                  _BN_STATS.value)
   print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features '
         f'(step {layout["step"]}) to {_OUT.value}; peak RSS '
         f'{layout["peak_rss_mib"]:.0f} MiB.')

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from typing import Any, Sequence
 
 from absl import app
@@ -23,10 +22,11 @@ from absl import flags
 from absl import logging
 import numpy as np
 import sklearn
-from sklearn import exceptions
 from sklearn import svm
 
 from wgan_jax import fileio
+from wgan_jax import l2svm
+from wgan_jax import protocol
 
 DEFAULT_C = 0.01
 DEFAULT_MAX_ITER = 2000
@@ -40,91 +40,6 @@ _FEATURE_FILES = (
 )
 # Rows converted to float64 at a time when scoring, to bound peak memory.
 _PREDICT_CHUNK_ROWS = 4096
-
-
-def class_balanced_subset(
-    labels: np.ndarray, per_class: int, seed: int
-) -> np.ndarray:
-  """Draws the same number of rows from every class, without replacement.
-
-  Args:
-    labels: int array [N] of class labels.
-    per_class: rows to draw from each class present in `labels`.
-    seed: seed of the draw; the same seed gives the same rows.
-
-  Returns:
-    Sorted int64 row indices, exactly `per_class` per class.
-
-  Raises:
-    ValueError: if `per_class` is not positive or a class has fewer rows.
-  """
-  labels = np.asarray(labels)
-  if per_class < 1:
-    raise ValueError(f'per_class must be positive, got {per_class}')
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for cls in np.unique(labels):
-    rows = np.flatnonzero(labels == cls)
-    if rows.size < per_class:
-      raise ValueError(
-          f'class {cls} has only {rows.size} rows, fewer than the '
-          f'{per_class} per class requested'
-      )
-    chosen.append(rng.choice(rows, size=per_class, replace=False))
-  return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def fit_linear_svm(
-    x: np.ndarray,
-    y: np.ndarray,
-    C: float,  # pylint: disable=invalid-name
-    max_iter: int = DEFAULT_MAX_ITER,
-    seed: int = 0,
-) -> svm.LinearSVC:
-  """Fits an L2-regularised squared-hinge linear SVM on raw features.
-
-  Features are deliberately not scaled: the DCGAN protocol trains the SVM
-  on the concatenated, max-pooled critic activations as they are. A
-  ConvergenceWarning is logged rather than raised; callers can detect it by
-  `np.max(model.n_iter_) >= max_iter`, the test sklearn itself uses.
-
-  Args:
-    x: features [N, D].
-    y: int labels [N].
-    C: inverse regularisation strength.
-    max_iter: iteration cap of liblinear.
-    seed: seed of liblinear's coordinate shuffling.
-
-  Returns:
-    The fitted sklearn.svm.LinearSVC.
-  """
-  model = svm.LinearSVC(
-      C=C,
-      loss='squared_hinge',
-      penalty='l2',
-      dual='auto',
-      max_iter=max_iter,
-      random_state=seed,
-  )
-  with warnings.catch_warnings(record=True) as caught:
-    # 'always' so the warning is recorded here even if the caller's filters
-    # would have raised it as an error or shown it only once.
-    warnings.simplefilter('always')
-    model.fit(x, y)
-  for warning in caught:
-    if issubclass(warning.category, exceptions.ConvergenceWarning):
-      logging.warning(
-          'LinearSVC did not converge in %d iterations (C=%g): %s',
-          max_iter,
-          C,
-          warning.message,
-      )
-    else:
-      # Anything else is not ours to hide; hand it back to the caller.
-      warnings.warn_explicit(
-          warning.message, warning.category, warning.filename, warning.lineno
-      )
-  return model
 
 
 def _check_features_dir(features_dir: str) -> None:
@@ -184,7 +99,7 @@ def evaluate(
   Args:
     features_dir: directory written by `python -m wgan_jax.export`.
     train_per_class: if set, train on this many rows per class drawn with
-      `seed` (e.g. 1000 for the SVHN 10k-label protocol); else on all rows.
+      `seed` (400 in the DCGAN limited-label protocol); else on all rows.
     C: inverse regularisation strength of the SVM.
     seed: seed of the class-balanced draw and of liblinear.
     max_iter: iteration cap of liblinear.
@@ -210,7 +125,7 @@ def evaluate(
     layout = json.load(f)
 
   if train_per_class is not None:
-    rows = class_balanced_subset(train_y, train_per_class, seed)
+    rows = protocol.class_balanced_subset(train_y, train_per_class, seed)
     # Fancy indexing reads just the chosen rows from the memory map.
     train_x, train_y = train_x[rows], train_y[rows]
   logging.info(
@@ -220,7 +135,8 @@ def evaluate(
       train_x.shape[1],
   )
   start = time.perf_counter()
-  model = fit_linear_svm(train_x, train_y, C, max_iter=max_iter, seed=seed)
+  model = l2svm.fit_linear_svm(train_x, train_y, C, max_iter=max_iter,
+                               seed=seed)
   fit_seconds = time.perf_counter() - start
   n_iter = int(np.max(model.n_iter_))
   accuracy = _accuracy(model, test_x, test_y)
@@ -286,6 +202,14 @@ def _define_flags() -> None:
   flags.DEFINE_string(
       'out', None, f'Results JSON path; default: FEATDIR/{RESULTS_FILENAME}.'
   )
+  flags.DEFINE_enum(
+      'protocol', 'single', ['single', 'dcgan'],
+      'single: one fit at --C; dcgan: C chosen on a validation split, all '
+      'labels and seeded 400-per-class subsets (see wgan_jax/protocol.py).')
+  flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.')
+  flags.DEFINE_float('memory_budget_gib', 16.0,
+                     'dcgan: LinearSVC runs only where its estimated peak '
+                     'memory fits; the lean solver elsewhere.')
   flags.mark_flag_as_required('features')
 
 
@@ -315,6 +239,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   flag_values = flags.FLAGS
+  if flag_values.protocol == 'dcgan':
+    _run_dcgan_protocol(flag_values)
+    return
   results = evaluate(
       flag_values.features,
       train_per_class=flag_values.train_per_class,
@@ -326,6 +253,31 @@ def main(argv: Sequence[str]) -> None:
   fileio.atomic_write_json(out, results)
   logging.info('Wrote %s', out)
   print(summary_line(results), flush=True)
+
+
+def _run_dcgan_protocol(flag_values) -> None:
+  """The full protocol; writes results.json and results.md."""
+  features_dir = flag_values.features
+  _check_features_dir(features_dir)
+  train_x, train_y = _load_split(features_dir, 'train')
+  test_x, test_y = _load_split(features_dir, 'test')
+  with open(os.path.join(features_dir, 'layout.json'), encoding='utf-8') as f:
+    layout = json.load(f)
+  results = protocol.run(train_x, train_y, test_x, test_y,
+                         num_subsets=flag_values.subsets,
+                         seed=flag_values.seed,
+                         memory_budget_gib=flag_values.memory_budget_gib)
+  results.update(layout=layout, protocol='dcgan',
+                 features_dir=os.path.abspath(features_dir),
+                 sklearn_version=sklearn.__version__)
+  out = flag_values.out or os.path.join(features_dir, RESULTS_FILENAME)
+  fileio.atomic_write_json(out, results)
+  name = layout.get('source', 'features')
+  if layout.get('step') is not None:
+    name += f' (step {layout["step"]})'
+  table = protocol.markdown_table(results, name)
+  fileio.atomic_write_text(os.path.splitext(out)[0] + '.md', table + '\n')
+  print(table, flush=True)
 
 
 def run() -> None:

@@ -68,12 +68,15 @@ class Critic(nn.Module):
       examples of a batch) or 'none'. Never applied to the first conv.
     conv_impl: 'xla' (flax's Conv), 'matmul' (patches and one GEMM, fast on
       CPU) or 'auto' (by backend); the parameters are the same.
+    bn_momentum: batch norm's running-average momentum; 0 makes a training
+      pass store the batch's own statistics (used to recompute them).
   """
   widths: Sequence[int] = (128, 128, 256, 256, 512, 512)
   strides: Sequence[int] = (1, 2, 1, 2, 1, 2)
   kernel_size: int = 3
   norm: str = 'layer'
   conv_impl: str = 'auto'
+  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x, train: bool = True, return_features: bool = False):
@@ -89,7 +92,8 @@ class Critic(nn.Module):
       Scores [B], or (scores, [maps]) with return_features.
     """
     if self.norm not in NORMS:
-      raise ValueError(f'Unknown critic norm {self.norm!r}; use one of {NORMS}.')
+      raise ValueError(
+          f'Unknown critic norm {self.norm!r}; use one of {NORMS}.')
     if len(self.widths) != len(self.strides):
       raise ValueError('critic widths and strides differ in length: '
                        f'{self.widths} vs {self.strides}.')
@@ -109,7 +113,8 @@ class Critic(nn.Module):
         x = nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1,
                          name=f'norm{i}')(x)
       elif i > 0 and self.norm == 'batch':
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+        x = nn.BatchNorm(use_running_average=not train,
+                         momentum=self.bn_momentum,
                          epsilon=1e-5, name=f'norm{i}')(x)
       x = nn.leaky_relu(x, 0.2)
       maps.append(x)

@@ -49,7 +49,8 @@ class TrainState:
 def validate_config(config: ml_collections.ConfigDict, device_count: int):
   """Raises ValueError naming the problem and the fix."""
   if config.loss not in losses.LOSSES:
-    raise ValueError(f'config.loss={config.loss!r}; use one of {losses.LOSSES}.')
+    raise ValueError(
+        f'config.loss={config.loss!r}; use one of {losses.LOSSES}.')
   if config.model.critic_norm not in models.NORMS:
     raise ValueError(f'config.model.critic_norm={config.model.critic_norm!r}; '
                      f'use one of {models.NORMS}.')
@@ -118,13 +119,12 @@ def init_state(config, gen, critic, key) -> TrainState:
                     critic=net(critic_vars))
 
 
-def make_train_step(config, gen, critic):
-  """Builds the (unjitted) train step for the configured objective.
+def make_update_fns(config, gen, critic):
+  """The two updates a train step is made of, unjitted.
 
   Returns:
-    train_step(state, real) -> (state, metrics): `real` holds n_critic fresh
-    real batches [n_critic, B, 32, 32, 3]; the step runs one critic update on
-    each, then one generator update on fresh noise.
+    critic_update(state, (real [B, 32, 32, 3], key)) -> (state, metrics) and
+    gen_update(state, key) -> (state, generator loss).
   """
   tx = create_optimizer(config)
   z_dim, wgan = config.model.z_dim, config.loss == 'wgan-gp'
@@ -181,6 +181,19 @@ def make_train_step(config, gen, critic):
     net = NetState(params=optax.apply_updates(state.gen.params, updates),
                    batch_stats=stats, opt_state=opt_state)
     return state.replace(gen=net), loss
+
+  return critic_update, gen_update
+
+
+def make_train_step(config, gen, critic):
+  """Builds the (unjitted) train step for the configured objective.
+
+  Returns:
+    train_step(state, real) -> (state, metrics): `real` holds n_critic fresh
+    real batches [n_critic, B, 32, 32, 3]; the step runs one critic update on
+    each, then one generator update on fresh noise.
+  """
+  critic_update, gen_update = make_update_fns(config, gen, critic)
 
   def train_step(state, real):
     # Keys from (seed, step) alone: a resumed run draws what a straight run
@@ -342,6 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.close()
   if is_main:
     records = writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    # A run resumed after a crash logged some steps twice; keep the latest.
+    records = sorted({r['step']: r for r in records}.values(),
+                     key=lambda r: r['step'])
     if records:
       writers.plot_losses(records, os.path.join(workdir, 'losses.png'))
   logging.info('Done at step %d; peak RSS %.0f MiB.', int(state.step),

@@ -1,0 +1,105 @@
+"""Feature export: every example once, in order, batch-independent."""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import smoke
+from wgan_jax import checkpoints
+from wgan_jax import export
+from wgan_jax import input_pipeline
+from wgan_jax import models
+
+
+class ExportTest(absltest.TestCase):
+
+  def test_rows_are_the_examples_in_order(self):
+    n = 37  # Divisible neither by the batch nor by the 2 devices.
+
+    def fake_dataset(name, split, batch_size, data_dir=None):
+      del name, split, data_dir
+      index = np.arange(n)
+      # Every pixel of example i holds i, so its "features" name it.
+      images = np.broadcast_to(index[:, None, None, None].astype(np.float32),
+                               (n, 32, 32, 3))
+      return tf.data.Dataset.from_tensor_slices(
+          dict(image=images, label=index % 10, index=index)).batch(batch_size)
+
+    self.enter_context(absltest.mock.patch.object(
+        input_pipeline, 'create_eval_dataset', fake_dataset))
+    self.enter_context(absltest.mock.patch.object(
+        input_pipeline, 'num_examples', lambda *a: n))
+    with tempfile.TemporaryDirectory() as out:
+      export.export(out, 'pixels', splits=['test'], batch_size=15)
+      feats = np.load(os.path.join(out, 'test_features.npy'))
+      self.assertEqual(feats.shape, (n, 3072))
+      np.testing.assert_array_equal(feats[:, 0], np.arange(n))
+      np.testing.assert_array_equal(feats[:, -1], np.arange(n))
+      self.assertFalse(os.path.exists(
+          os.path.join(out, 'test_features.npy.partial')))
+
+  def test_pixels_match_tfds_order(self):
+    with tempfile.TemporaryDirectory() as out:
+      layout = export.export(out, 'pixels', splits=['test[:37]'],
+                             batch_size=16)
+      self.assertEqual(layout['splits']['test']['rows'], 37)
+      feats = np.load(os.path.join(out, 'test_features.npy'))
+      labels = np.load(os.path.join(out, 'test_labels.npy'))
+      ds = tfds.load('cifar10', split='test[:37]', shuffle_files=False,
+                     data_dir=os.environ['TFDS_DATA_DIR'])
+      ref = list(tfds.as_numpy(ds))
+      np.testing.assert_array_equal(labels, [r['label'] for r in ref])
+      images = np.stack([r['image'] for r in ref]) / 127.5 - 1
+      np.testing.assert_allclose(feats, images.reshape(37, -1), atol=1e-6)
+
+  def test_critic_features_do_not_depend_on_batch(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      config = smoke.get_config()
+      checkpoints.save_config(tmp, config)
+      out = []
+      for batch in (7, 16):
+        feats_dir = os.path.join(tmp, f'b{batch}')
+        layout = export.export(feats_dir, 'random', workdir=tmp,
+                               splits=['test[:20]'], batch_size=batch)
+        out.append(np.load(os.path.join(feats_dir, 'test_features.npy')))
+      self.assertEqual(out[0].shape, (20, layout['total_dim']))
+      np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+      with open(os.path.join(feats_dir, 'layout.json')) as f:
+        self.assertEqual(json.load(f)['step'], 0)
+
+  def test_recomputed_batch_stats_of_one_batch(self):
+    # With a split of exactly one full batch, the recomputed statistics are
+    # that batch's: evaluation mode then reproduces training mode on it.
+    config = smoke.get_config()
+    config.model.critic_norm = 'batch'
+    gen, critic = models.create_models(config.model)
+    del gen
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = critic.init(jax.random.PRNGKey(0), x)
+    new = export.recompute_batch_stats(critic, variables, 'cifar10',
+                                       'test[:16]', 16, None)
+    ds = input_pipeline.create_eval_dataset('cifar10', 'test[:16]', 16)
+    images = next(input_pipeline.as_numpy_iterator(ds))['image']
+    train_out, _ = critic.apply(variables, images, train=True,
+                                mutable=['batch_stats'])
+    eval_out = critic.apply(new, images, train=False)
+    np.testing.assert_allclose(eval_out, train_out, rtol=1e-4, atol=1e-4)
+    self.assertFalse(np.allclose(critic.apply(variables, images, train=False),
+                                 train_out, atol=1e-3))
+
+  def test_no_checkpoint_is_a_clear_error(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      checkpoints.save_config(tmp, smoke.get_config())
+      with self.assertRaisesRegex(FileNotFoundError, 'No checkpoint'):
+        export.export(os.path.join(tmp, 'f'), 'checkpoint', workdir=tmp)
+
+
+if __name__ == '__main__':
+  absltest.main()

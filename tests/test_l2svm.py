@@ -1,0 +1,75 @@
+"""The lean solver minimises LinearSVC's objective; the solver choice."""
+
+import warnings
+
+from absl.testing import absltest
+import numpy as np
+
+from wgan_jax import l2svm
+
+
+def _blobs(n=600, d=40, k=4, spread=0.5, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(k, d))
+  y = rng.integers(0, k, n)
+  x = centers[y] * spread + rng.normal(size=(n, d))
+  return x.astype(np.float32), y
+
+
+class LeanSolverTest(absltest.TestCase):
+
+  def test_same_objective_and_predictions_as_liblinear(self):
+    x, y = _blobs()
+    for C in (1e-3, 1e-1):  # pylint: disable=invalid-name
+      ref = l2svm.fit_linear_svm(x, y, C, max_iter=20_000)
+      ref_obj = l2svm.ovr_objective(x, y, ref.classes_, ref.coef_,
+                                    ref.intercept_, C).sum()
+      fit = l2svm.fit_squared_hinge(x, y, C)
+      self.assertTrue(fit['converged'])
+      # The lean solver's optimum is never worse, and at most 0.1% apart.
+      self.assertLess(abs(fit['objective'] - ref_obj) / ref_obj, 1e-3)
+      pred = l2svm.predict(x, fit['classes'], fit['coef'], fit['intercept'])
+      self.assertGreater(np.mean(pred == ref.predict(x)), 0.99)
+
+  def test_separable_data_is_fit_exactly(self):
+    x, y = _blobs(n=300, spread=8.0, seed=1)
+    fit = l2svm.fit_squared_hinge(x, y, 1.0)
+    pred = l2svm.predict(x, fit['classes'], fit['coef'], fit['intercept'])
+    np.testing.assert_array_equal(pred, y)
+    ref = l2svm.fit_linear_svm(x, y, 1.0)
+    np.testing.assert_array_equal(ref.predict(x), y)
+
+  def test_rows_subset_equals_copy(self):
+    x, y = _blobs(seed=2)
+    rows = np.arange(0, len(y), 3)
+    a = l2svm.fit_squared_hinge(x, y[rows], 0.01, rows=rows)
+    b = l2svm.fit_squared_hinge(x[rows], y[rows], 0.01)
+    np.testing.assert_allclose(a['coef'], b['coef'], rtol=1e-5, atol=1e-7)
+
+  def test_no_warnings_escape(self):
+    x, y = _blobs(seed=3)
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      l2svm.fit_squared_hinge(x, y, 0.01)
+      l2svm.fit_linear_svm(x, y, 10.0, max_iter=2)  # Does not converge.
+
+
+class ChooseSolverTest(absltest.TestCase):
+
+  def test_choice_follows_memory_and_int32_limit(self):
+    gib = 2**30
+    self.assertEqual(l2svm.choose_solver(4_000, 28_672, 16 * gib)[0],
+                     'liblinear')
+    solver, why = l2svm.choose_solver(50_000, 28_672, 16 * gib)
+    self.assertEqual(solver, 'lean')
+    self.assertIn('GiB', why)
+    # 80,000 x 28,672 values overflow liblinear's int32 counters however
+    # much memory there is.
+    solver, why = l2svm.choose_solver(80_000, 28_672, 10_000 * gib)
+    self.assertEqual(solver, 'lean')
+    self.assertIn('int32', why)
+    self.assertGreater(l2svm.liblinear_bytes(50_000, 28_672), 30 * gib)
+
+
+if __name__ == '__main__':
+  absltest.main()

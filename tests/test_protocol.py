@@ -1,0 +1,69 @@
+"""Tests for the DCGAN evaluation protocol."""
+
+from absl.testing import absltest
+import numpy as np
+
+from wgan_jax import protocol
+
+
+def _data(n=800, d=30, k=4, seed=0):
+  centers = np.random.default_rng(0).normal(size=(k, d))
+  rng = np.random.default_rng(seed + 1)
+  y = np.repeat(np.arange(k), n // k)
+  x = centers[y] * 0.6 + rng.normal(size=(len(y), d))
+  return x.astype(np.float32), y
+
+
+class ProtocolTest(absltest.TestCase):
+
+  def test_subset_sampler(self):
+    y = np.repeat(np.arange(10), 500)
+    a = protocol.class_balanced_subset(y, 400, seed=1)
+    self.assertEqual(np.bincount(y[a]).tolist(), [400] * 10)
+    np.testing.assert_array_equal(a, protocol.class_balanced_subset(y, 400, 1))
+    self.assertFalse(np.array_equal(a, protocol.class_balanced_subset(y, 400,
+                                                                     2)))
+
+  def test_grid_widens_past_an_edge(self):
+    # A stand-in scorer peaked at C = 1: a grid of 1e-3 and 1e-2 must grow
+    # upwards to it, one step at a time, and no further.
+    fits = []
+
+    def fake_fit(x, y, rows, C, solver, init=None):  # pylint: disable=C0103
+      del x, y, rows, solver, init
+      fits.append(C)
+      return {'C': C, 'theta': None}, 0.0
+
+    self.enter_context(absltest.mock.patch.object(protocol, '_fit', fake_fit))
+    self.enter_context(absltest.mock.patch.object(
+        protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']))))
+    best, scores, _ = protocol.select_c(None, None, None, None, 'lean',
+                                        grid=(1e-3, 1e-2))
+    self.assertAlmostEqual(best, 1.0)
+    np.testing.assert_allclose(sorted(scores), [1e-3, 1e-2, 1e-1, 1, 10])
+
+    # A flat edge does not grow the grid.
+    fits.clear()
+    self.enter_context(absltest.mock.patch.object(
+        protocol, '_accuracy', lambda fit, *a: 0.5))
+    best, scores, _ = protocol.select_c(None, None, None, None, 'lean',
+                                        grid=(1e-3, 1e-2))
+    self.assertEqual((best, len(scores)), (1e-3, 2))
+
+  def test_run_reports_both_settings(self):
+    x, y = _data(n=1200)
+    tx, ty = _data(n=400, seed=1)
+    results = protocol.run(x, y, tx, ty, val_per_class=50,
+                           subset_per_class=40, num_subsets=3,
+                           grid=(1e-3, 1e-2, 1e-1))
+    a, p = results['all_labels'], results['per_class']
+    self.assertGreater(a['test_accuracy'], 0.5)
+    self.assertEqual(a['rows'], 1200)
+    self.assertLen(p['accuracies'], 3)
+    self.assertAlmostEqual(p['mean'], np.mean(p['accuracies']))
+    table = protocol.markdown_table(results, 'test')
+    self.assertIn('| test | 30 |', table)
+
+
+if __name__ == '__main__':
+  absltest.main()
