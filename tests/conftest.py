@@ -13,3 +13,9 @@ os.environ.setdefault(
     os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..',
                                  'shared', 'tfds')))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The tests' networks are tiny: compilation, not running, dominates their
+# time, and XLA's optimisation passes are most of compilation.
+jax.config.update('jax_disable_most_optimizations', True)
