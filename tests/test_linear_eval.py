@@ -15,7 +15,8 @@ from wgan_jax import linear_eval
 from wgan_jax import protocol
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_LAYOUT = {'layers': ['conv1', 'conv2'], 'pool': 4}
+_LAYOUT = {'layers': ['conv1', 'conv2'], 'pool': 4,
+           'splits': {'train': {}, 'test': {}}}
 
 
 def _make_featdir(path, n_train=30, n_test=10, n_classes=3, dim=6, seed=0):
@@ -174,3 +175,11 @@ def test_cli_writes_results(tmp_path):
   assert results['test_accuracy'] == 1.0
   assert results['train_per_class'] == 10
   assert results['layout'] == _LAYOUT
+
+
+def test_features_of_two_exports_are_refused(tmp_path):
+  featdir = _make_featdir(tmp_path / 'feats')
+  # A later export of the test split alone rewrote layout.json.
+  (featdir / 'layout.json').write_text(json.dumps({'splits': {'test': {}}}))
+  with pytest.raises(ValueError, match='different exports'):
+    linear_eval.evaluate(featdir)

@@ -114,11 +114,35 @@ class TrainLoopTest(absltest.TestCase):
       with open(os.path.join(tmp, 'config.json')) as f:
         self.assertEqual(json.load(f)['model']['critic_widths'], [4, 4, 8])
 
+  def test_resume_with_other_settings_is_refused(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      train.train_and_evaluate(tiny_config(num_steps=1,
+                                           checkpoint_every_steps=1), tmp)
+      config = tiny_config(num_steps=2)
+      config.optimizer.learning_rate = 0.1
+      with self.assertRaisesRegex(ValueError, 'other settings'):
+        train.train_and_evaluate(config, tmp)
+
+  def test_failed_first_start_blocks_nothing(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      workdir, empty = os.path.join(tmp, 'run'), os.path.join(tmp, 'empty')
+      os.makedirs(empty)
+      with self.assertRaisesRegex(FileNotFoundError, 'TFDS_DATA_DIR'):
+        train.train_and_evaluate(tiny_config(data_dir=empty), workdir)
+      self.assertFalse(os.path.exists(os.path.join(workdir, 'config.json')))
+      config = tiny_config(num_steps=1)
+      config.model.critic_widths = (4, 4, 16)
+      train.train_and_evaluate(config, workdir)  # Nothing to conflict with.
+
   def test_non_finite_loss_stops_with_step_range(self):
     with tempfile.TemporaryDirectory() as tmp:
       config = tiny_config(num_steps=2, gp_weight=float('nan'))
       with self.assertRaisesRegex(FloatingPointError, 'between steps 1 and 1'):
         train.train_and_evaluate(config, tmp)
+
+  def test_keep_zero_checkpoints_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'keep_checkpoints'):
+      train.validate_config(tiny_config(keep_checkpoints=0), 2)
 
   def test_batch_not_divisible_by_devices(self):
     config = tiny_config(batch_size=3)

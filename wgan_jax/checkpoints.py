@@ -13,8 +13,12 @@ from wgan_jax import fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
-# Model settings that leave the parameters unchanged.
-_NOT_ARCHITECTURE = frozenset({'conv_impl'})
+# Settings a resumed run may change: how long it runs, how it logs and
+# checkpoints, where the data lives, and implementation choices that leave
+# the parameters and the maths unchanged.
+RESUMABLE_CHANGES = frozenset({
+    'num_steps', 'log_every_steps', 'checkpoint_every_steps',
+    'keep_checkpoints', 'num_samples', 'data_dir', 'model.conv_impl'})
 
 
 def _plain(value):
@@ -37,31 +41,45 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def check_architecture(workdir: str, config: ml_collections.ConfigDict):
-  """Raises if the workdir holds a run of another architecture.
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
 
-  Resuming such a run would fail deep inside the restore, or worse, mix two
-  experiments in one workdir.
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict):
+  """Raises if resuming the run in `workdir` with `config` would mix runs.
+
+  Only the length of the run, logging and checkpoint cadence, the data's
+  location and the convolution implementation may change on a resume;
+  another architecture would fail deep inside the restore, and other
+  changed settings would make config.json lie about the run.
 
   Args:
-    workdir: the training workdir.
+    workdir: a training workdir that holds a checkpoint.
     config: the config about to be used there.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = _plain(json.load(f).get('model', {}))
-  live = _plain(config.model.to_dict())
-  diff = sorted(k for k in (set(saved) | set(live)) - _NOT_ARCHITECTURE
-                if saved.get(k) != live.get(k))
-  if diff:
-    details = '; '.join(
-        f'model.{k}: saved {saved.get(k)!r}, now {live.get(k)!r}' for k in diff)
-    raise ValueError(
-        f'The workdir {workdir!r} holds a run of another architecture '
-        f'({details}). Use a new --workdir, or the saved config '
-        f'({path}).')
+    saved = _flat(_plain(json.load(f)))
+  live = _flat(_plain(config.to_dict()))
+  diff = sorted(k for k in set(saved) | set(live)
+                if k not in RESUMABLE_CHANGES and saved.get(k) != live.get(k))
+  if not diff:
+    return
+  details = '; '.join(f'{k}: saved {saved.get(k)!r}, now {live.get(k)!r}'
+                      for k in diff)
+  what = ('another architecture' if any(k.startswith('model.') for k in diff)
+          else 'other settings')
+  raise ValueError(
+      f'The workdir {workdir!r} holds a run of {what} ({details}). Use a new '
+      f'--workdir, or the saved config ({path}).')
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict):

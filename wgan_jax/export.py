@@ -157,7 +157,12 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
         images = np.concatenate(
             [images, np.zeros((batch_size - b,) + images.shape[1:],
                               images.dtype)])
-      feats[batch['index']] = np.asarray(feature_fn(images))[:b]
+      values = np.asarray(feature_fn(images))[:b]
+      if not np.isfinite(values).all():
+        raise FloatingPointError(
+            f'Non-finite features for {split} examples {batch["index"][0]}.. '
+            f'{batch["index"][-1]}: the checkpoint has diverged.')
+      feats[batch['index']] = values
       labels[batch['index']] = batch['label']
       seen[batch['index']] = True
       bar.update(b)

@@ -55,6 +55,20 @@ def _check_features_dir(features_dir: str) -> None:
       raise FileNotFoundError(f'missing feature file {path}; {hint}')
 
 
+def _read_layout(features_dir: str) -> dict[str, Any]:
+  """layout.json, checked to describe both splits of one export."""
+  path = os.path.join(features_dir, 'layout.json')
+  with open(path, encoding='utf-8') as f:
+    layout = json.load(f)
+  missing = {'train', 'test'} - set(layout.get('splits', {}))
+  if missing:
+    raise ValueError(
+        f'{path} does not list the {" and ".join(sorted(missing))} split(s): '
+        'the feature files may come from different exports. Export train '
+        'and test together into a fresh folder.')
+  return layout
+
+
 def _load_split(
     features_dir: str, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +135,7 @@ def evaluate(
         f'train features have {train_x.shape[1]} dims but test features '
         f'have {test_x.shape[1]}'
     )
-  with open(os.path.join(features_dir, 'layout.json'), encoding='utf-8') as f:
-    layout = json.load(f)
+  layout = _read_layout(features_dir)
 
   if train_per_class is not None:
     rows = protocol.class_balanced_subset(train_y, train_per_class, seed)
@@ -261,8 +274,7 @@ def _run_dcgan_protocol(flag_values) -> None:
   _check_features_dir(features_dir)
   train_x, train_y = _load_split(features_dir, 'train')
   test_x, test_y = _load_split(features_dir, 'test')
-  with open(os.path.join(features_dir, 'layout.json'), encoding='utf-8') as f:
-    layout = json.load(f)
+  layout = _read_layout(features_dir)
   results = protocol.run(train_x, train_y, test_x, test_y,
                          num_subsets=flag_values.subsets,
                          seed=flag_values.seed,

@@ -65,6 +65,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
         f'{jax.process_count()} processes.')
   if config.n_critic < 1:
     raise ValueError(f'config.n_critic={config.n_critic} must be at least 1.')
+  if config.keep_checkpoints < 1:
+    raise ValueError(f'config.keep_checkpoints={config.keep_checkpoints} '
+                     'must be at least 1: orbax would delete every '
+                     'checkpoint, older ones included.')
 
 
 def create_mesh(devices=None) -> jax.sharding.Mesh:
@@ -241,6 +245,12 @@ def is_time(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
 
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
 def _window_means(history):
   """Averages the metrics of the steps in the log window, on the host."""
   history = jax.device_get(history)
@@ -265,8 +275,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_main = jax.process_index() == 0
   logging.info('process %d of %d; %d devices: %s', jax.process_index(),
                jax.process_count(), mesh.size, mesh.devices.tolist())
+  # Fail on missing data before anything is written.
+  input_pipeline.num_examples(config.dataset, config.split, config.data_dir)
   os.makedirs(workdir, exist_ok=True)
-  checkpoints.check_architecture(workdir, config)
 
   # ---- Models, state, checkpoints ----
   gen, critic = models.create_models(config.model)
@@ -276,11 +287,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = init(jax.random.PRNGKey(config.seed))
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
+    checkpoints.check_resumable(workdir, config)
     state = checkpoints.restore(
         manager, checkpoints.abstract_like(state, replicated))
     logging.info('Resuming from the checkpoint at step %d in %s.',
                  int(state.step), manager.directory)
-  elif is_main:
+  if is_main:
+    # Written anew each start (only resumable settings can differ), so it
+    # always describes the run; a failed first start blocks nothing.
     checkpoints.save_config(workdir, config)
   start = int(state.step)
   num_params = {name: sum(x.size for x in jax.tree.leaves(net.params))
@@ -326,14 +340,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     history.append(metrics)
     if step < config.num_steps:
       real = next_real()  # Overlaps the host pipeline with device work.
-    if is_time(step, config.log_every_steps, config.num_steps):
+    log_now = is_time(step, config.log_every_steps, config.num_steps)
+    save_now = is_time(step, config.checkpoint_every_steps, config.num_steps)
+    if log_now or save_now:
+      # Checked before a save too, so a diverged state is never saved.
       scalars = _window_means(history)
       bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
       if bad:
+        last = manager.latest_step()
         raise FloatingPointError(
             f'Non-finite {", ".join(bad)} between steps {window_start + 1} '
-            f'and {step}. Restart from an earlier checkpoint (last at step '
-            f'{manager.latest_step()}) with a lower learning rate.')
+            f'and {step}. ' + (
+                f'Restart from the checkpoint at step {last}' if last
+                is not None else 'Restart') + ' with a lower learning rate.')
+    if log_now:
       elapsed = time.perf_counter() - t_window
       steps_per_sec = len(history) / elapsed
       scalars.update(
@@ -342,7 +362,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           eta_min=(config.num_steps - step) / steps_per_sec / 60)
       writer.write_scalars(step, scalars)
       history, window_start, t_window = [], step, time.perf_counter()
-    if is_time(step, config.checkpoint_every_steps, config.num_steps):
+    if save_now:
+      if not bool(_all_finite(state)):
+        raise FloatingPointError(
+            f'Non-finite parameters at step {step}; not saved. Restart from '
+            f'the checkpoint at step {manager.latest_step()} with a lower '
+            'learning rate.')
       checkpoints.save(manager, step, state)
       if is_main:
         images = jax.device_get(sample(state.gen.params, state.gen.batch_stats))
