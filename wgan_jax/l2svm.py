@@ -95,11 +95,6 @@ def liblinear_bytes(n_rows: int, n_features: int) -> int:
   return values * (8 + 4) + n_rows * (n_features + 2) * 16
 
 
-def lean_bytes(n_rows: int, n_features: int) -> int:
-  """Estimated peak bytes of `fit_squared_hinge` (features in memory)."""
-  return n_rows * n_features * 4 + 2 * _CHUNK_BYTES
-
-
 def choose_solver(n_rows: int, n_features: int, budget_bytes: int) -> tuple[
     str, str]:
   """Picks 'liblinear' where it fits in `budget_bytes`, else 'lean'.
