@@ -1,6 +1,5 @@
 """The lean solver minimises LinearSVC's objective; the solver choice."""
 
-import tempfile
 import warnings
 
 from absl.testing import absltest
@@ -53,21 +52,6 @@ class LeanSolverTest(absltest.TestCase):
       warnings.simplefilter('error')
       l2svm.fit_squared_hinge(x, y, 0.01)
       l2svm.fit_linear_svm(x, y, 10.0, max_iter=2)  # Does not converge.
-
-
-class CompareSolversTest(absltest.TestCase):
-
-  def test_on_an_export_folder(self):
-    x, y = _blobs(n=400, seed=4)
-    tx, ty = _blobs(n=100, seed=4)
-    d = self.enter_context(tempfile.TemporaryDirectory())
-    for name, value in (('train_features', x), ('train_labels', y),
-                        ('test_features', tx), ('test_labels', ty)):
-      np.save(f'{d}/{name}.npy', value)
-    out = l2svm.compare_solvers(d, 0.01, per_class=50)
-    self.assertEqual(out['rows'], 200)
-    lean, lib = out['lean']['objective'], out['liblinear']['objective']
-    self.assertLess(abs(lean - lib) / lib, 1e-3)
 
 
 class ChooseSolverTest(absltest.TestCase):

@@ -1,5 +1,7 @@
 """Tests for the DCGAN evaluation protocol."""
 
+import tempfile
+
 from absl.testing import absltest
 import numpy as np
 
@@ -63,6 +65,21 @@ class ProtocolTest(absltest.TestCase):
     self.assertAlmostEqual(p['mean'], np.mean(p['accuracies']))
     table = protocol.markdown_table(results, 'test')
     self.assertIn('| test | 30 |', table)
+
+
+class CompareSolversTest(absltest.TestCase):
+
+  def test_on_an_export_folder(self):
+    x, y = _data(n=400, seed=4)
+    tx, ty = _data(n=100, seed=4)
+    d = self.enter_context(tempfile.TemporaryDirectory())
+    for name, value in (('train_features', x), ('train_labels', y),
+                        ('test_features', tx), ('test_labels', ty)):
+      np.save(f'{d}/{name}.npy', value)
+    out = protocol.compare_solvers(d, 0.01, per_class=50)
+    self.assertEqual(out['rows'], 200)
+    lean, lib = out['lean']['objective'], out['liblinear']['objective']
+    self.assertLess(abs(lean - lib) / lib, 1e-3)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,6 @@ from absl import flags
 from absl import logging
 import numpy as np
 import sklearn
-from sklearn import svm
 
 from wgan_jax import fileio
 from wgan_jax import l2svm
@@ -38,8 +37,6 @@ _FEATURE_FILES = (
     'test_labels.npy',
     'layout.json',
 )
-# Rows converted to float64 at a time when scoring, to bound peak memory.
-_PREDICT_CHUNK_ROWS = 4096
 
 
 def _check_features_dir(features_dir: str) -> None:
@@ -87,18 +84,6 @@ def _load_split(
         f'has shape {labels.shape}; they must match row for row'
     )
   return features, labels
-
-
-def _accuracy(
-    model: svm.LinearSVC, features: np.ndarray, labels: np.ndarray
-) -> float:
-  """Scores in chunks so a large memory-mapped test set is never copied."""
-  correct = 0
-  for start in range(0, features.shape[0], _PREDICT_CHUNK_ROWS):
-    stop = start + _PREDICT_CHUNK_ROWS
-    chunk = np.asarray(features[start:stop])
-    correct += int(np.sum(model.predict(chunk) == labels[start:stop]))
-  return correct / features.shape[0]
 
 
 def evaluate(
@@ -152,7 +137,9 @@ def evaluate(
                                seed=seed)
   fit_seconds = time.perf_counter() - start
   n_iter = int(np.max(model.n_iter_))
-  accuracy = _accuracy(model, test_x, test_y)
+  # Chunked, so a large memory-mapped test set is never copied whole.
+  accuracy = float(np.mean(l2svm.predict(test_x, model.classes_, model.coef_,
+                                         model.intercept_) == test_y))
   return {
       'test_accuracy': accuracy,
       'C': float(C),

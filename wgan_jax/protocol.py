@@ -183,3 +183,46 @@ def markdown_table(results: dict[str, Any], name: str = 'features') -> str:
       f'{a["seconds"]:.0f} s / {p["seconds"]:.0f} s | {rate} | '
       f'{max(a["peak_rss_mib"], p["peak_rss_mib"]) / 1024:.1f} GiB |',
   ])
+
+
+def compare_solvers(features_dir: str, C: float,  # pylint: disable=C0103
+                    per_class: int, seed: int = 0) -> dict[str, Any]:
+  """Fits LinearSVC and the lean solver on the same exported rows.
+
+  Returns:
+    For each solver: seconds, objective (both evaluated by ovr_objective on
+    the same rows) and test accuracy.
+  """
+  load = lambda name: np.load(f'{features_dir}/{name}.npy', mmap_mode='r')
+  x, y = load('train_features'), np.asarray(load('train_labels'))
+  tx, ty = load('test_features'), np.asarray(load('test_labels'))
+  rows = class_balanced_subset(y, per_class, seed)
+  out = {}
+  start = time.perf_counter()
+  model = l2svm.fit_linear_svm(np.asarray(x[rows]), y[rows], C)
+  fits = {'liblinear': (model.coef_, model.intercept_, model.classes_,
+                        time.perf_counter() - start)}
+  start = time.perf_counter()
+  lean = l2svm.fit_squared_hinge(x, y[rows], C, rows=rows)
+  fits['lean'] = (lean['coef'], lean['intercept'], lean['classes'],
+                  time.perf_counter() - start)
+  for name, (coef, bias, classes, seconds) in fits.items():
+    out[name] = dict(
+        seconds=seconds,
+        objective=float(l2svm.ovr_objective(x, y[rows], classes, coef, bias,
+                                            C, rows=rows).sum()),
+        test_accuracy=float(
+            np.mean(l2svm.predict(tx, classes, coef, bias) == ty)))
+  out['lean'].update(passes=lean['passes'], converged=lean['converged'])
+  out.update(C=C, rows=len(rows), dims=int(x.shape[1]))
+  return out
+
+
+if __name__ == '__main__':
+  # python -m wgan_jax.protocol FEATDIR [C] [PER_CLASS]: both solvers.
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  args = sys.argv[1:]
+  print(json.dumps(compare_solvers(
+      args[0], float(args[1]) if len(args) > 1 else 0.01,
+      int(args[2]) if len(args) > 2 else 1000), indent=1))
