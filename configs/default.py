@@ -40,6 +40,11 @@ def get_config():
   # 'auto': convolutions as patch GEMMs on CPU (much faster there), XLA's own
   # elsewhere; 'xla' or 'matmul' to force one. Same parameters either way.
   config.model.conv_impl = 'auto'
+  # Compute dtype of convs and dense layers: 'float32' or 'bfloat16' (mixed
+  # precision for GPUs and TPUs: parameters, optimizer state, losses and the
+  # gradient penalty stay float32; not faster on CPU). A resume may not
+  # change it.
+  config.model.dtype = 'float32'
 
   config.loss = 'wgan-gp'  # 'wgan-gp' or 'gan' (the paper's equations 3-4).
   config.gp_weight = 10.0  # lambda.

@@ -19,6 +19,9 @@ CHECKPOINT_DIR = 'checkpoints'
 RESUMABLE_CHANGES = frozenset({
     'num_steps', 'log_every_steps', 'checkpoint_every_steps',
     'keep_checkpoints', 'num_samples', 'data_dir', 'model.conv_impl'})
+# Keys added after runs were saved without them, and the value those runs
+# used, so that an older workdir still resumes with the same settings.
+ADDED_KEYS = {'model.dtype': 'float32'}
 
 
 def _plain(value):
@@ -68,7 +71,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
     return
   with open(path) as f:
     saved = _flat(_plain(json.load(f)))
-  live = _flat(_plain(config.to_dict()))
+  saved = {**ADDED_KEYS, **saved}
+  live = {**ADDED_KEYS, **_flat(_plain(config.to_dict()))}
   diff = sorted(k for k in set(saved) | set(live)
                 if k not in RESUMABLE_CHANGES and saved.get(k) != live.get(k))
   if not diff:

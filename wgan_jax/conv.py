@@ -8,11 +8,15 @@ derivative of any order are slices, pads and GEMMs, which XLA runs fast on
 CPU. The parameters are laid out exactly as in `flax.linen.Conv` and
 `flax.linen.ConvTranspose`, so either implementation loads the other's
 weights; tests check equal outputs and gradients, second order included.
+Like Flax's, both take `dtype` (the compute dtype; None: inferred from the
+input and parameters) and `param_dtype` (the parameters', float32 by
+default), so bfloat16 compute keeps float32 parameters.
 """
 
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import dtypes
 import jax
 import jax.numpy as jnp
 
@@ -67,13 +71,17 @@ class MatmulConv(nn.Module):
   padding: int = 0
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init,
-                        (k, k, x.shape[-1], self.features))
-    bias = self.param('bias', self.bias_init, (self.features,))
+                        (k, k, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,),
+                      self.param_dtype)
+    x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     patches = extract_patches(x, k, self.strides, (self.padding,) * 2)
     return _matmul(patches, kernel, bias)
 
@@ -98,12 +106,16 @@ class MatmulConvTranspose(nn.Module):
   strides: int = 2
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     k, s, f = self.kernel_size, self.strides, self.features
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], f))
-    bias = self.param('bias', self.bias_init, (f,))
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], f),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (f,), self.param_dtype)
+    x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     b, h, w, c = x.shape
     taps = x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, -1)
     taps = taps.reshape(b, h, w, k, k, f)

@@ -16,7 +16,10 @@ def gradient_penalty(score_fn: Callable[[jnp.ndarray], jnp.ndarray],
 
   x_hat = eps * x + (1 - eps) * G(z), with one eps ~ U[0, 1] per example, and
   the penalty is E[(||grad C(x_hat)||_2 - 1)^2] with the norm over all of H,
-  W and C of each example.
+  W and C of each example. The interpolates, the summed scores, the input
+  gradient, its norm and the penalty are float32 whatever the critic's
+  compute dtype (a bfloat16 critic casts its input itself), so a mixed
+  precision critic's penalty stays finite and close to the float32 one.
 
   Args:
     score_fn: maps images [B, H, W, C] to scores [B]. The gradient of the sum
@@ -29,13 +32,16 @@ def gradient_penalty(score_fn: Callable[[jnp.ndarray], jnp.ndarray],
   Returns:
     (penalty, per-example gradient norms [B]).
   """
+  dtype = jnp.promote_types(jnp.result_type(real, fake), jnp.float32)
+  real, fake = real.astype(dtype), fake.astype(dtype)
   eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1),
-                           dtype=real.dtype)
+                           dtype=dtype)
   x_hat = eps * real + (1.0 - eps) * fake
-  grads = jax.grad(lambda x: jnp.sum(score_fn(x)))(x_hat)
+  grads = jax.grad(lambda x: jnp.sum(score_fn(x).astype(dtype)))(x_hat)
   # safe_norm's gradient is zero, not NaN, where the input gradient is exactly
   # zero; a bare sqrt gives NaN there (a known failure of several ports).
-  norms = optax.safe_norm(grads.reshape(grads.shape[0], -1), 0.0, axis=-1)
+  grads = grads.reshape(grads.shape[0], -1).astype(dtype)
+  norms = optax.safe_norm(grads, 0.0, axis=-1)
   return jnp.mean((norms - 1.0) ** 2), norms
 
 

@@ -1,6 +1,6 @@
 """DCGAN-style generator and critic, and the critic's feature layout."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -9,6 +9,18 @@ from wgan_jax import conv
 
 NORMS = ('layer', 'batch', 'none')
 FEATURE_GRID = 4  # Every conv map is max-pooled to a 4x4 grid (DCGAN).
+# config.model.dtype: the compute dtype of convs, dense layers and norms'
+# outputs. Parameters, batch-norm statistics, scores and losses stay float32.
+DTYPES = ('float32', 'bfloat16')
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  """The jnp dtype for a `config.model.dtype` name; ValueError if unknown."""
+  if name not in DTYPES:
+    raise ValueError(f'config.model.dtype={name!r}; use one of {DTYPES} '
+                     "('bfloat16': bf16 compute, float32 parameters, for "
+                     'GPUs and TPUs).')
+  return jnp.dtype(name)
 
 
 class Generator(nn.Module):
@@ -21,32 +33,38 @@ class Generator(nn.Module):
     kernel_size: transposed-conv kernel size.
     conv_impl: 'xla' (flax's ConvTranspose), 'matmul' (patches and one GEMM,
       fast on CPU) or 'auto' (by backend); the parameters are the same.
+    dtype: compute dtype (float32 or bfloat16); parameters are float32
+      either way and the images are returned as float32.
   """
   widths: Sequence[int] = (512, 256, 128)
   kernel_size: int = 4
   conv_impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, train: bool = True):
     batch_norm = lambda: nn.BatchNorm(  # pylint: disable=g-long-lambda
-        use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        dtype=self.dtype)
     k = self.kernel_size
     impl = conv.resolve_impl(self.conv_impl)
 
     def upsample(features, name):
       if impl == 'matmul':
-        return conv.MatmulConvTranspose(features, k, 2, name=name)
+        return conv.MatmulConvTranspose(features, k, 2, dtype=self.dtype,
+                                        name=name)
       return nn.ConvTranspose(features, (k, k), strides=(2, 2),
-                              padding='SAME', name=name)
+                              padding='SAME', dtype=self.dtype, name=name)
 
-    x = nn.Dense(4 * 4 * self.widths[0], name='dense')(z)
+    x = nn.Dense(4 * 4 * self.widths[0], dtype=self.dtype, name='dense')(z)
     x = x.reshape(z.shape[0], 4, 4, self.widths[0])
     x = nn.relu(batch_norm()(x))
     for i, width in enumerate(self.widths[1:]):
       x = upsample(width, f'deconv{i}')(x)
       x = nn.relu(batch_norm()(x))
     x = upsample(3, f'deconv{len(self.widths) - 1}')(x)
-    return jnp.tanh(x)
+    # float32 images, so the penalty's interpolates are float32.
+    return jnp.tanh(x.astype(jnp.float32))
 
 
 def conv_padding(kernel_size: int, stride: int) -> int:
@@ -70,6 +88,8 @@ class Critic(nn.Module):
       CPU) or 'auto' (by backend); the parameters are the same.
     bn_momentum: batch norm's running-average momentum; 0 makes a training
       pass store the batch's own statistics (used to recompute them).
+    dtype: compute dtype (float32 or bfloat16); parameters are float32
+      either way, and scores and feature maps are returned as float32.
   """
   widths: Sequence[int] = (128, 128, 256, 256, 512, 512)
   strides: Sequence[int] = (1, 2, 1, 2, 1, 2)
@@ -77,6 +97,7 @@ class Critic(nn.Module):
   norm: str = 'layer'
   conv_impl: str = 'auto'
   bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True, return_features: bool = False):
@@ -89,7 +110,7 @@ class Critic(nn.Module):
       return_features: also return every conv layer's post-activation map.
 
     Returns:
-      Scores [B], or (scores, [maps]) with return_features.
+      float32 scores [B], or (scores, [maps]) with return_features.
     """
     if self.norm not in NORMS:
       raise ValueError(
@@ -103,23 +124,33 @@ class Critic(nn.Module):
     for i, (width, stride) in enumerate(zip(self.widths, self.strides)):
       p = conv_padding(k, stride)
       if impl == 'matmul':
-        x = conv.MatmulConv(width, k, stride, p, name=f'conv{i}')(x)
+        x = conv.MatmulConv(width, k, stride, p, dtype=self.dtype,
+                            name=f'conv{i}')(x)
       else:
         x = nn.Conv(width, (k, k), strides=(stride, stride),
-                    padding=((p, p), (p, p)), name=f'conv{i}')(x)
+                    padding=((p, p), (p, p)), dtype=self.dtype,
+                    name=f'conv{i}')(x)
       if i > 0 and self.norm == 'layer':
         # Over (H, W, C) of each example: Flax's default LayerNorm would
         # normalise each pixel's channels alone, which is not the paper's.
+        # Statistics are float32 whatever the dtype (Flax's norms).
         x = nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1,
-                         name=f'norm{i}')(x)
+                         dtype=self.dtype, name=f'norm{i}')(x)
       elif i > 0 and self.norm == 'batch':
         x = nn.BatchNorm(use_running_average=not train,
                          momentum=self.bn_momentum,
-                         epsilon=1e-5, name=f'norm{i}')(x)
+                         epsilon=1e-5, dtype=self.dtype,
+                         name=f'norm{i}')(x)
       x = nn.leaky_relu(x, 0.2)
       maps.append(x)
-    score = nn.Dense(1, name='out')(x.reshape(x.shape[0], -1))[:, 0]
-    return (score, maps) if return_features else score
+    score = nn.Dense(1, dtype=self.dtype,
+                     name='out')(x.reshape(x.shape[0], -1))[:, 0]
+    # float32 before any reduction: the losses and the penalty's sum of
+    # scores are then float32 too.
+    score = score.astype(jnp.float32)
+    if return_features:
+      return score, [m.astype(jnp.float32) for m in maps]
+    return score
 
 
 def pool_features(maps: Sequence[jnp.ndarray],
@@ -162,10 +193,13 @@ def feature_layout(widths: Sequence[int], strides: Sequence[int],
 def create_models(model_config) -> tuple[Generator, Critic]:
   """Builds the generator and critic from `config.model`."""
   impl = model_config.get('conv_impl', 'auto')
+  # Configs saved before the key existed ran in float32.
+  dtype = compute_dtype(model_config.get('dtype', 'float32'))
   gen = Generator(widths=tuple(model_config.gen_widths),
-                  kernel_size=model_config.gen_kernel, conv_impl=impl)
+                  kernel_size=model_config.gen_kernel, conv_impl=impl,
+                  dtype=dtype)
   critic = Critic(widths=tuple(model_config.critic_widths),
                   strides=tuple(model_config.critic_strides),
                   kernel_size=model_config.critic_kernel,
-                  norm=model_config.critic_norm, conv_impl=impl)
+                  norm=model_config.critic_norm, conv_impl=impl, dtype=dtype)
   return gen, critic
