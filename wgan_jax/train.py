@@ -7,7 +7,7 @@ import functools
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from wgan_jax import checkpoints
+from wgan_jax import distributed
 from wgan_jax import fileio
 from wgan_jax import input_pipeline
 from wgan_jax import losses
@@ -54,6 +55,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
   if config.model.critic_norm not in models.NORMS:
     raise ValueError(f'config.model.critic_norm={config.model.critic_norm!r}; '
                      f'use one of {models.NORMS}.')
+  models.compute_dtype(config.model.get('dtype', 'float32'))
   if config.batch_size % device_count:
     raise ValueError(
         f'config.batch_size={config.batch_size} is not divisible by the '
@@ -257,14 +259,19 @@ def _window_means(history):
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str,
+    should_stop: Callable[[int], bool] | None = None) -> TrainState:
   """Trains (or resumes) in `workdir` until `config.num_steps`.
 
   Args:
     config: the run's configuration (see configs/default.py).
     workdir: where checkpoints, config.json, metrics, TensorBoard events,
       samples and the loss plot go. A workdir with a checkpoint resumes.
+    should_stop: called with each completed step, in order, on every
+      process; True (on all processes at the same step) saves a checkpoint
+      there and ends the run early, as after a preemption notice (see
+      distributed.PreemptionWatch).
 
   Returns:
     The final train state.
@@ -286,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  out_shardings=replicated)
   state = init(jax.random.PRNGKey(config.seed))
   manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+  distributed.check_same_latest_step(manager.latest_step(), manager.directory)
   if manager.latest_step() is not None:
     checkpoints.check_resumable(workdir, config)
     state = checkpoints.restore(
@@ -341,7 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if step < config.num_steps:
       real = next_real()  # Overlaps the host pipeline with device work.
     log_now = is_time(step, config.log_every_steps, config.num_steps)
-    save_now = is_time(step, config.checkpoint_every_steps, config.num_steps)
+    stop = should_stop is not None and should_stop(step)
+    save_now = stop or is_time(step, config.checkpoint_every_steps,
+                               config.num_steps)
     if log_now or save_now:
       # Checked before a save too, so a diverged state is never saved.
       scalars = _window_means(history)
@@ -374,6 +384,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writers.save_image_grid(
             images, os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
         writer.write_images(step, 'samples', writers.image_grid(images))
+    if stop:
+      logging.warning('Preemption (SIGTERM): checkpointing step %d of %d '
+                      'and stopping; run the same command to resume.', step,
+                      config.num_steps)
+      break
 
   # ---- Wrap up ----
   manager.wait_until_finished()
