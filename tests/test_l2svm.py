@@ -45,6 +45,11 @@ class LeanSolverTest(absltest.TestCase):
     a = l2svm.fit_squared_hinge(x, y[rows], 0.01, rows=rows)
     b = l2svm.fit_squared_hinge(x[rows], y[rows], 0.01)
     np.testing.assert_allclose(a['coef'], b['coef'], rtol=1e-5, atol=1e-7)
+    # Most of the rows: read in place with the others weighted 0.
+    rows = np.arange(len(y))[np.arange(len(y)) % 5 != 0]
+    a = l2svm.fit_squared_hinge(x, y[rows], 0.01, rows=rows)
+    b = l2svm.fit_squared_hinge(x[rows], y[rows], 0.01)
+    np.testing.assert_allclose(a['coef'], b['coef'], rtol=1e-5, atol=1e-7)
 
   def test_no_warnings_escape(self):
     x, y = _blobs(seed=3)
@@ -52,6 +57,30 @@ class LeanSolverTest(absltest.TestCase):
       warnings.simplefilter('error')
       l2svm.fit_squared_hinge(x, y, 0.01)
       l2svm.fit_linear_svm(x, y, 10.0, max_iter=2)  # Does not converge.
+
+
+class KernelBasisTest(absltest.TestCase):
+
+  def test_same_objective_as_the_primal_fit(self):
+    # 90 rows, 200 dims: the basis has at most 90 columns.
+    x, y = _blobs(n=90, d=200, spread=0.3, seed=4)
+    rows = np.arange(90)
+    basis = l2svm.KernelBasis(x, rows)
+    self.assertLessEqual(basis.z.shape[1], 90)
+    for C in (1e-3, 1e-1):  # pylint: disable=invalid-name
+      primal = l2svm.fit_squared_hinge(x, y, C, tol=1e-8)
+      for solver in ('lean', 'liblinear'):
+        if solver == 'lean':
+          coef_z = l2svm.fit_squared_hinge(basis.z, y, C, tol=1e-8,
+                                           fit_intercept=False)['coef']
+        else:
+          coef_z = l2svm.fit_linear_svm(basis.z, y, C, max_iter=100_000,
+                                        fit_intercept=False).coef_
+        coef, bias = basis.lift(coef_z)
+        obj = l2svm.ovr_objective(x, y, primal['classes'], coef, bias,
+                                  C).sum()
+        self.assertLess(abs(obj - primal['objective']) / obj, 1e-4)
+        np.testing.assert_allclose(coef, primal['coef'], atol=1e-3)
 
 
 class ChooseSolverTest(absltest.TestCase):

@@ -31,15 +31,16 @@ class ProtocolTest(absltest.TestCase):
     # upwards to it, one step at a time, and no further.
     fits = []
 
-    def fake_fit(x, y, rows, C, solver, init=None):  # pylint: disable=C0103
-      del x, y, rows, solver, init
+    def fake_fit(x, y, rows, C, solver, init=None,  # pylint: disable=C0103
+                 basis=None, spectrum=None):
+      del x, y, rows, solver, init, basis, spectrum
       fits.append(C)
       return {'C': C, 'theta': None}, 0.0
 
     self.enter_context(absltest.mock.patch.object(protocol, '_fit', fake_fit))
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']))))
-    best, scores, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
                                         grid=(1e-3, 1e-2))
     self.assertAlmostEqual(best, 1.0)
     np.testing.assert_allclose(sorted(scores), [1e-3, 1e-2, 1e-1, 1, 10])
@@ -48,7 +49,7 @@ class ProtocolTest(absltest.TestCase):
     fits.clear()
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: 0.5))
-    best, scores, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
                                         grid=(1e-3, 1e-2))
     self.assertEqual((best, len(scores)), (1e-3, 2))
 
@@ -65,6 +66,22 @@ class ProtocolTest(absltest.TestCase):
     self.assertAlmostEqual(p['mean'], np.mean(p['accuracies']))
     table = protocol.markdown_table(results, 'test')
     self.assertIn('| test | 30 |', table)
+
+  def test_subsets_with_fewer_rows_than_dims_use_a_kernel_basis(self):
+    x, y = _data(n=400, d=120)
+    tx, ty = _data(n=200, d=120, seed=1)
+    results = protocol.run(x, y, tx, ty, val_per_class=20,
+                           subset_per_class=10, num_subsets=2,
+                           grid=(1e-2, 1e-1), solver='lean')
+    self.assertIn('kernel basis', results['per_class']['solver_reason'])
+    self.assertNotIn('kernel basis', results['all_labels']['solver_reason'])
+    self.assertGreater(results['per_class']['mean'], 0.5)
+
+  def test_liblinear_refused_past_int32(self):
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32),
+                                        (80_000, 28_672), (0, 0))
+    with self.assertRaisesRegex(ValueError, 'int32'):
+      protocol._plan(x, np.arange(80_000), 2**40, 'liblinear')
 
 
 class CompareSolversTest(absltest.TestCase):

@@ -207,6 +207,10 @@ def _define_flags() -> None:
       'single: one fit at --C; dcgan: C chosen on a validation split, all '
       'labels and seeded 400-per-class subsets (see wgan_jax/protocol.py).')
   flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.')
+  flags.DEFINE_enum(
+      'solver', 'auto', ['auto', 'liblinear', 'lean'],
+      'dcgan: auto takes LinearSVC where it fits --memory_budget_gib and '
+      'the lean solver elsewhere; liblinear or lean force one.')
   flags.DEFINE_float('memory_budget_gib', 16.0,
                      'dcgan: LinearSVC runs only where its estimated peak '
                      'memory fits; the lean solver elsewhere.')
@@ -265,7 +269,8 @@ def _run_dcgan_protocol(flag_values) -> None:
   results = protocol.run(train_x, train_y, test_x, test_y,
                          num_subsets=flag_values.subsets,
                          seed=flag_values.seed,
-                         memory_budget_gib=flag_values.memory_budget_gib)
+                         memory_budget_gib=flag_values.memory_budget_gib,
+                         solver=flag_values.solver)
   results.update(layout=layout, protocol='dcgan',
                  features_dir=os.path.abspath(features_dir),
                  sklearn_version=sklearn.__version__)

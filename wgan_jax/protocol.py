@@ -59,17 +59,33 @@ def class_balanced_subset(
 
 
 def _fit(x, y, rows, C, solver, init=None,  # pylint: disable=invalid-name
-         max_iter=2000):
-  """Fits on x[rows] with the named solver; returns (model dict, seconds)."""
+         basis=None, max_iter=2000, spectrum=None):
+  """Fits on x[rows] with the named solver; returns (model dict, seconds).
+
+  With a `l2svm.KernelBasis` of those rows the solver sees its z instead of
+  x (the same objective, fewer columns) and the weights are lifted back.
+  `spectrum` is the lean solver's preconditioner (`l2svm.row_spectrum`).
+  """
   start = time.perf_counter()
+  ys = y[rows]
+  if basis is not None:
+    xs, fit_rows, intercept = basis.z, None, False
+  else:
+    xs, fit_rows, intercept = x, rows, True
   if solver == 'liblinear':
-    model = l2svm.fit_linear_svm(np.asarray(x[rows], np.float32), y[rows], C,
-                                 max_iter=max_iter)
-    fit = dict(coef=model.coef_, intercept=model.intercept_,
-               classes=model.classes_, theta=None,
+    data = xs if fit_rows is None else xs[fit_rows]
+    model = l2svm.fit_linear_svm(np.asarray(data, np.float32), ys, C,
+                                 max_iter=max_iter, fit_intercept=intercept)
+    fit = dict(coef=model.coef_, classes=model.classes_, theta=None,
+               intercept=np.broadcast_to(model.intercept_,
+                                         (len(model.classes_),)),
                converged=bool(np.max(model.n_iter_) < max_iter))
   else:
-    fit = l2svm.fit_squared_hinge(x, y[rows], C, rows=rows, init=init)
+    fit = l2svm.fit_squared_hinge(
+        xs, ys, C, rows=fit_rows, init=init, fit_intercept=intercept,
+        spectrum=basis.spectrum if basis is not None else spectrum)
+  if basis is not None:
+    fit['coef'], fit['intercept'] = basis.lift(fit['coef'])
   return fit, time.perf_counter() - start
 
 
@@ -80,28 +96,31 @@ def _accuracy(fit, x, y, rows=None) -> float:
   return float(np.mean(pred == ys))
 
 
-def select_c(x, y, train_rows, val_rows, solver, grid=DCGAN_GRID):
+def select_c(x, y, train_rows, val_rows, solver, grid=DCGAN_GRID,
+             basis=None, spectrum=None):
   """Fits each C of the grid on train_rows and scores it on val_rows.
 
   The grid grows by its own step past an edge while the best C is there.
 
   Returns:
-    (best C, {C: validation accuracy}, seconds spent fitting).
+    (best C, {C: validation accuracy}, seconds spent fitting, the fit at
+    the best C).
   """
   grid = sorted(grid)
   if len(grid) < 2:
     raise ValueError(f'The C grid needs two values or more, got {grid}.')
   step = grid[1] / grid[0]
-  scores, seconds, init = {}, 0.0, None
+  scores, fits, seconds, init = {}, {}, 0.0, None
   lo_limit, hi_limit = grid[0] / 10**_WIDEN_LIMIT, grid[-1] * 10**_WIDEN_LIMIT
   todo = list(grid)
   while todo:
     for C in sorted(todo):  # pylint: disable=invalid-name
       # Increasing C with warm starts: each fit starts near its solution.
-      fit, t = _fit(x, y, train_rows, C, solver, init)
+      fit, t = _fit(x, y, train_rows, C, solver, init, basis,
+                    spectrum=spectrum)
       init = fit['theta']
       seconds += t
-      scores[C] = _accuracy(fit, x, y, val_rows)
+      scores[C], fits[C] = _accuracy(fit, x, y, val_rows), fit
       logging.info('C=%g: validation accuracy %.4f (%s, %.1f s)', C,
                    scores[C], solver, t)
     cs = sorted(scores)
@@ -115,12 +134,35 @@ def select_c(x, y, train_rows, val_rows, solver, grid=DCGAN_GRID):
     elif (best == cs[-1] and best * step <= hi_limit
           and scores[cs[-1]] > scores[cs[-2]]):
       todo = [best * step]
-  return best, scores, seconds
+  return best, scores, seconds, fits[best]
+
+
+def _plan(x, rows, budget, solver='auto'):
+  """The basis (or None), solver and reason for a fit on x[rows].
+
+  Fewer rows than dims: the fit runs on `l2svm.KernelBasis` (exact, and
+  cheaper for either solver). `solver='auto'` takes LinearSVC where its
+  estimated memory fits the budget; a named solver is used as asked, except
+  that liblinear is refused where its int32 counters would overflow.
+  """
+  n, d = len(rows), x.shape[1]
+  basis = l2svm.KernelBasis(x, rows) if n < d + 1 else None
+  dims = d if basis is None else basis.z.shape[1]
+  chosen, why = l2svm.choose_solver(n, dims, budget)
+  if basis is not None:
+    why += f'; fit on a {n} x {dims} kernel basis of the {d} dims'
+  if solver == 'auto' or solver == chosen:
+    return basis, chosen, why
+  if solver == 'liblinear' and n * (dims + 2) > l2svm.LIBLINEAR_MAX_ENTRIES:
+    raise ValueError(f'LinearSVC cannot fit {n:,} x {dims:,}: {why}. Use '
+                     '--solver=lean or --solver=auto.')
+  return basis, solver, f'asked for ({why})'
 
 
 def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
         subset_per_class=400, num_subsets=10, seed=0,
-        memory_budget_gib=16.0, grid=DCGAN_GRID) -> dict[str, Any]:
+        memory_budget_gib=16.0, grid=DCGAN_GRID,
+        solver='auto') -> dict[str, Any]:
   """Runs the whole protocol; returns a JSON-serialisable dict."""
   budget = int(memory_budget_gib * 2**30)
   n, d = train_x.shape
@@ -130,17 +172,30 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
                  val_rows=len(val_rows), grid=list(grid))
 
   # All labels: C on validation, then refit on every train row.
-  solver, why = l2svm.choose_solver(len(rest), d, budget)
-  logging.info('all labels: %s solver (%s)', solver, why)
   start = time.perf_counter()
-  best, scores, _ = select_c(train_x, train_y, rest, val_rows, solver, grid)
-  solver_all, why_all = l2svm.choose_solver(n, d, budget)
-  fit, refit_seconds = _fit(train_x, train_y, np.arange(n), best, solver_all)
+  basis, solver_c, why = _plan(train_x, rest, budget, solver)
+  logging.info('all labels, C sweep: %s solver (%s)', solver_c, why)
+  # One preconditioner for the whole sweep and the refit: the refit's rows
+  # are these plus the validation rows, close enough to precondition.
+  spectrum = (l2svm.row_spectrum(train_x, rest)
+              if basis is None and solver_c == 'lean' else None)
+  best, scores, sweep_seconds, best_fit = select_c(
+      train_x, train_y, rest, val_rows, solver_c, grid, basis, spectrum)
+  del basis
+  every = np.arange(n)
+  basis, solver_all, why_all = _plan(train_x, every, budget, solver)
+  logging.info('all labels, refit: %s solver (%s)', solver_all, why_all)
+  # The refit starts from the sweep's solution at that C: 90% of its rows.
+  init = best_fit['theta'] if basis is None and solver_c == 'lean' else None
+  fit, refit_seconds = _fit(train_x, train_y, every, best, solver_all,
+                            init=init, basis=basis, spectrum=spectrum)
+  del basis, spectrum
   results['all_labels'] = dict(
       test_accuracy=_accuracy(fit, test_x, test_y), C=best,
       val_accuracy={f'{c:g}': a for c, a in scores.items()},
-      solver=solver_all, solver_reason=why_all, rows=int(n),
-      refit_seconds=refit_seconds, seconds=time.perf_counter() - start,
+      solver=solver_all, solver_reason=why_all, sweep_solver=solver_c,
+      rows=int(n), sweep_seconds=sweep_seconds, refit_seconds=refit_seconds,
+      seconds=time.perf_counter() - start,
       converged=fit['converged'], peak_rss_mib=fileio.peak_rss_mib())
 
   # Limited labels: seeded subsets outside the validation rows.
@@ -149,12 +204,13 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
   for s in range(num_subsets):
     sub = rest[class_balanced_subset(train_y[rest], subset_per_class,
                                      seed + 1 + s)]
-    solver_sub, why_sub = l2svm.choose_solver(len(sub), d, budget)
-    c, _, _ = select_c(train_x, train_y, sub, val_rows, solver_sub, grid)
-    fit, _ = _fit(train_x, train_y, sub, c, solver_sub)
+    basis, solver_sub, why_sub = _plan(train_x, sub, budget, solver)
+    c, _, t, fit = select_c(train_x, train_y, sub, val_rows, solver_sub,
+                            grid, basis)
     accs.append(_accuracy(fit, test_x, test_y))
     chosen.append(c)
-    logging.info('subset %d: C=%g, test accuracy %.4f', s, c, accs[-1])
+    logging.info('subset %d: C=%g, test accuracy %.4f (%s, %.1f s)', s, c,
+                 accs[-1], solver_sub, t)
   results['per_class'] = dict(
       per_class=subset_per_class, subsets=num_subsets,
       mean=float(np.mean(accs)), std=float(np.std(accs, ddof=1))
