@@ -74,6 +74,28 @@ class ExportTest(absltest.TestCase):
       with open(os.path.join(feats_dir, 'layout.json')) as f:
         self.assertEqual(json.load(f)['step'], 0)
 
+  def test_random_from_a_config_is_that_runs_initial_critic(self):
+    # --config=FILE --source=random needs no workdir and gives the same
+    # features as the initial weights of a run with that config.
+    config = smoke.get_config()
+    with tempfile.TemporaryDirectory() as tmp:
+      checkpoints.save_config(tmp, config)
+      feats = []
+      sources = (('w', dict(workdir=tmp)), ('c', dict(config=config)))
+      for name, kwargs in sources:
+        layout = export.export(os.path.join(tmp, name), 'random',
+                               splits=['test[:9]'], batch_size=9, **kwargs)
+        feats.append(np.load(os.path.join(tmp, name, 'test_features.npy')))
+      self.assertIsNone(layout['workdir'])
+      np.testing.assert_array_equal(feats[0], feats[1])
+      config.seed += 1  # Another seed, other weights: the check can fail.
+      export.export(os.path.join(tmp, 's'), 'random', config=config,
+                    splits=['test[:9]'], batch_size=9)
+      other = np.load(os.path.join(tmp, 's', 'test_features.npy'))
+      self.assertFalse(np.allclose(other, feats[0]))
+      with self.assertRaisesRegex(ValueError, 'needs --workdir'):
+        export.export(os.path.join(tmp, 'x'), 'checkpoint', config=config)
+
   def test_recomputed_batch_stats_of_one_batch(self):
     # With a split of exactly one full batch, the recomputed statistics are
     # that batch's: evaluation mode then reproduces training mode on it.

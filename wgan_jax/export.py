@@ -2,6 +2,8 @@
 
   python -m wgan_jax.export --workdir=DIR [--step=N] --out=FEATDIR
   python -m wgan_jax.export --workdir=DIR --source=random --out=FEATDIR
+  python -m wgan_jax.export --config=configs/default.py --source=random \
+      --out=FEATDIR
   python -m wgan_jax.export --source=pixels --out=FEATDIR
 
 For each split it writes `{name}_features.npy` (float32 [N, D], every
@@ -25,6 +27,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_flags
 import tqdm
 
 from wgan_jax import checkpoints
@@ -52,18 +55,24 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir; TFDS_DATA_DIR if unset.')
 
 
-def load_critic_variables(workdir: str, source: str, step: int | None = None):
-  """The critic module and its variables from a workdir.
+def load_critic_variables(workdir: str | None, source: str,
+                          step: int | None = None, config=None):
+  """The critic module and its variables from a workdir or a config.
 
   Args:
     workdir: a training workdir (config.json, checkpoints/).
     source: 'checkpoint' or 'random' (the initial weights of that run).
     step: checkpoint step; the latest when None.
+    config: for 'random' without a workdir, the run config to initialise.
 
   Returns:
     (critic, variables, step): step is 0 for 'random'.
   """
-  config = checkpoints.load_config(workdir)
+  if workdir:
+    config = checkpoints.load_config(workdir)
+  elif source != 'random' or config is None:
+    raise ValueError(f'--source={source} needs --workdir' + (
+        ' (or --config)' if source == 'random' else '') + '.')
   gen, critic = models.create_models(config.model)
   state = jax.jit(lambda key: train.init_state(config, gen, critic, key))(
       jax.random.PRNGKey(config.seed))
@@ -183,7 +192,8 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
 def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
            step: int | None = None, dataset: str = 'cifar10',
            splits=('train', 'test'), batch_size: int = 500,
-           data_dir: str | None = None, bn_stats: str = 'recompute') -> dict:
+           data_dir: str | None = None, bn_stats: str = 'recompute',
+           config=None) -> dict:
   """Exports features of `splits` to `out`; returns the layout written.
 
   Args:
@@ -197,6 +207,8 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
     data_dir: TFDS data dir (TFDS_DATA_DIR when None).
     bn_stats: for a batch-norm critic, 'recompute' on the dataset's train
       split or use the 'running' averages; ignored by other critics.
+    config: for 'random' without a workdir, the run config whose critic to
+      initialise.
 
   Returns:
     The layout dict, also written to out/layout.json.
@@ -208,14 +220,14 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
                   step=None)
     feature_fn = lambda images: images.reshape(images.shape[0], -1)
   else:
-    if not workdir:
-      raise ValueError(f'--source={source} needs --workdir.')
-    critic, variables, step = load_critic_variables(workdir, source, step)
+    critic, variables, step = load_critic_variables(workdir, source, step,
+                                                    config)
     if critic.norm == 'batch' and bn_stats == 'recompute':
       variables = recompute_batch_stats(critic, variables, dataset, 'train',
                                         batch_size, data_dir)
     layout = models.feature_layout(critic.widths, critic.strides)
-    layout.update(source=source, step=step, workdir=os.path.abspath(workdir),
+    layout.update(source=source, step=step,
+                  workdir=os.path.abspath(workdir) if workdir else None,
                   critic_norm=critic.norm,
                   bn_stats=bn_stats if critic.norm == 'batch' else None)
     feature_fn = make_feature_fn(critic, variables, mesh)
@@ -238,11 +250,17 @@ def main(argv):
   input_pipeline.hide_accelerators_from_tf()
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
                   _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
-                  _BN_STATS.value)
+                  _BN_STATS.value, flags.FLAGS.config)
   print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features '
         f'(step {layout["step"]}) to {_OUT.value}; peak RSS '
         f'{layout["peak_rss_mib"]:.0f} MiB.')
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: wgan_jax.main and wgan_jax.benchmark define
+  # a --config of their own, and a module may import this one with them.
+  config_flags.DEFINE_config_file(
+      'config', None, 'With --source=random and no --workdir: the config '
+      'whose critic to initialise (--config.key=value overrides it).',
+      lock_config=True)
   app.run(main)
