@@ -60,6 +60,21 @@ def _time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+  """Achieved GFLOP/s of one float32 [size, size] matmul on one device.
+
+  The reference for what the train step achieves: on CPU it is the sgemm
+  rate of XLA's (Eigen's) GEMM on all cores, on GPUs and TPUs the fp32
+  matmul rate.
+  """
+  key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(key_a, (size, size), np.float32)
+  b = jax.random.normal(key_b, (size, size), np.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(matmul(a, b))
+  return 2 * size**3 / _time(lambda: matmul(a, b), repeats) / 1e9
+
+
 def _summary(times, images, flops=None) -> dict:
   med = statistics.median(times)
   out = dict(median_s=med, min_s=min(times), max_s=max(times),
@@ -166,6 +181,7 @@ def run(config, rounds: int = 5, repeats: int = 3, peer_path=None,
                 backend=jax.default_backend(), jax=jax.__version__,
                 batch_size=config.batch_size, n_critic=config.n_critic,
                 conv_impl=models.conv.resolve_impl(config.model.conv_impl),
+                dtype=config.model.get('dtype', 'float32'),
                 critic_widths=list(config.model.critic_widths),
                 gen_widths=list(config.model.gen_widths))
   steps = build_steps(config)
@@ -179,7 +195,10 @@ def run(config, rounds: int = 5, repeats: int = 3, peer_path=None,
   peer = Peer(peer_path, config) if peer_path else None
   ours = {k: [] for k in steps}
   theirs = {'critic_step': [], 'generator_step': []}
+  peaks = []
   for r in range(rounds):
+    # In every round, so the reference sees the same machine load.
+    peaks.append(matmul_gflops(repeats=repeats))
     for name, (call, _, _) in steps.items():
       ours[name].append(_time(call, repeats))
     if peer:
@@ -191,6 +210,10 @@ def run(config, rounds: int = 5, repeats: int = 3, peer_path=None,
   images = dict(critic_step=b, generator_step=b, iteration=n * b)
   result['steps'] = {k: _summary(v, images[k], flops[k])
                      for k, v in ours.items()}
+  result['matmul_gflops'] = statistics.median(peaks)
+  for s in result['steps'].values():
+    if 'achieved_gflops' in s:
+      s['fraction_of_matmul'] = s['achieved_gflops'] / result['matmul_gflops']
   if peer:
     peer.close()
     result['peer'] = dict(peer.info)
@@ -223,6 +246,11 @@ def format_table(result: dict) -> str:
         f'{s.get("achieved_gflops", float("nan")):9.1f}'
         + (f'{peer["images_per_sec"]:12.1f}{result["ratio"][name]:7.2f}'
            if peer else ''))
+  lines.append(f'float32 matmul 2048^3: {result["matmul_gflops"]:.1f} '
+               'GFLOP/s; critic step at ' + (
+                   f'{result["steps"]["critic_step"]["fraction_of_matmul"]:.0%}'
+                   if 'fraction_of_matmul' in result['steps']['critic_step']
+                   else 'n/a') + ' of it')
   if result.get('input_images_per_sec'):
     lines.append(f'input pipeline: {result["input_images_per_sec"]:.0f} img/s')
   lines.append('compile s: ' + ', '.join(
