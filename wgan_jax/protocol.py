@@ -205,8 +205,11 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
     sub = rest[class_balanced_subset(train_y[rest], subset_per_class,
                                      seed + 1 + s)]
     basis, solver_sub, why_sub = _plan(train_x, sub, budget, solver)
+    # Once per subset, not once per C.
+    spectrum = (l2svm.row_spectrum(train_x, sub)
+                if basis is None and solver_sub == 'lean' else None)
     c, _, t, fit = select_c(train_x, train_y, sub, val_rows, solver_sub,
-                            grid, basis)
+                            grid, basis, spectrum)
     accs.append(_accuracy(fit, test_x, test_y))
     chosen.append(c)
     logging.info('subset %d: C=%g, test accuracy %.4f (%s, %.1f s)', s, c,
