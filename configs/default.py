@@ -45,16 +45,27 @@ def get_config():
   # gradient penalty stay float32; not faster on CPU). A resume may not
   # change it.
   config.model.dtype = 'float32'
+  # 'dcgan' (the convs above, 32x32x3 images) or 'mlp' (the 2-D toy
+  # mixtures of wgan_jax.mode_coverage; see configs/toy.py).
+  config.model.arch = 'dcgan'
 
-  config.loss = 'wgan-gp'  # 'wgan-gp' or 'gan' (the paper's equations 3-4).
+  # 'wgan-gp', 'gan' (the paper's equations 3-4) or 'wgan-clip' (the original
+  # WGAN: critic weights clipped to +-clip_value, no penalty).
+  config.loss = 'wgan-gp'
   config.gp_weight = 10.0  # lambda.
+  config.clip_value = 0.01  # Only for 'wgan-clip'; the WGAN paper's c.
   config.n_critic = 5  # Critic updates per generator update.
   config.batch_size = 64  # Global batch, split over all devices.
 
   config.optimizer = ml_collections.ConfigDict()
+  # 'adam' or 'rmsprop' (the WGAN paper's, with lr 5e-5; ignores b1, b2).
+  config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-4
   config.optimizer.b1 = 0.0
   config.optimizer.b2 = 0.9
+  # True: the learning rate falls linearly to 0 at num_steps (used by the
+  # toy runs; a resume with another num_steps would change the schedule).
+  config.optimizer.linear_decay = False
 
   config.num_steps = 100_000  # Generator updates.
   config.log_every_steps = 100

@@ -21,7 +21,9 @@ RESUMABLE_CHANGES = frozenset({
     'keep_checkpoints', 'num_samples', 'data_dir', 'model.conv_impl'})
 # Keys added after runs were saved without them, and the value those runs
 # used, so that an older workdir still resumes with the same settings.
-ADDED_KEYS = {'model.dtype': 'float32'}
+ADDED_KEYS = {'model.dtype': 'float32', 'model.arch': 'dcgan',
+              'clip_value': 0.01, 'optimizer.name': 'adam',
+              'optimizer.linear_decay': False}
 
 
 def _plain(value):

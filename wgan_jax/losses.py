@@ -1,4 +1,4 @@
-"""GAN objectives: WGAN-GP and the standard cross-entropy GAN."""
+"""GAN objectives: WGAN-GP, weight-clipped WGAN and the cross-entropy GAN."""
 
 from typing import Callable
 
@@ -6,7 +6,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LOSSES = ('wgan-gp', 'gan')
+# 'wgan-clip': the original WGAN (Arjovsky et al. 2017), its critic's
+# parameters clipped to [-config.clip_value, clip_value] after each update.
+LOSSES = ('wgan-gp', 'gan', 'wgan-clip')
+# Objectives whose critic and generator losses are the Wasserstein ones.
+WASSERSTEIN_LOSSES = ('wgan-gp', 'wgan-clip')
 
 
 def gradient_penalty(score_fn: Callable[[jnp.ndarray], jnp.ndarray],
@@ -15,17 +19,18 @@ def gradient_penalty(score_fn: Callable[[jnp.ndarray], jnp.ndarray],
   """Two-sided gradient penalty of WGAN-GP on random interpolates.
 
   x_hat = eps * x + (1 - eps) * G(z), with one eps ~ U[0, 1] per example, and
-  the penalty is E[(||grad C(x_hat)||_2 - 1)^2] with the norm over all of H,
-  W and C of each example. The interpolates, the summed scores, the input
+  the penalty is E[(||grad C(x_hat)||_2 - 1)^2] with the norm over all
+  non-batch axes of each example (H, W and C of images; the coordinates of
+  [B, D] vectors). The interpolates, the summed scores, the input
   gradient, its norm and the penalty are float32 whatever the critic's
   compute dtype (a bfloat16 critic casts its input itself), so a mixed
   precision critic's penalty stays finite and close to the float32 one.
 
   Args:
-    score_fn: maps images [B, H, W, C] to scores [B]. The gradient of the sum
+    score_fn: maps examples [B, ...] to scores [B]. The gradient of the sum
       of scores is each example's own input gradient only if the critic treats
       examples independently (layer norm or none; not batch norm).
-    real: real images [B, H, W, C].
+    real: real examples [B, ...], e.g. images [B, H, W, C].
     fake: generated images, same shape.
     key: PRNG key for eps.
 
@@ -68,3 +73,19 @@ def gan_critic_loss(real_scores, fake_scores):
 def gan_generator_loss(fake_scores):
   """Non-saturating generator loss -E[log D(G(z))], the paper's equation 4."""
   return jnp.mean(jax.nn.softplus(-fake_scores))
+
+
+def clip_weights(params, clip_value: float):
+  """Clips every parameter to [-clip_value, clip_value], the WGAN's constraint.
+
+  All of the critic's parameters are clipped, biases and norm scales
+  included, as in the WGAN authors' code.
+
+  Args:
+    params: a pytree of arrays.
+    clip_value: the bound c > 0.
+
+  Returns:
+    The clipped pytree.
+  """
+  return jax.tree.map(lambda p: jnp.clip(p, -clip_value, clip_value), params)

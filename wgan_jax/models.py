@@ -1,4 +1,8 @@
-"""DCGAN-style generator and critic, and the critic's feature layout."""
+"""DCGAN-style generator and critic, the critic's feature layout, and MLPs.
+
+The MLP generator and critic (config.model.arch = 'mlp') are for the 2-D
+toy distributions of wgan_jax.mode_coverage.
+"""
 
 from typing import Any, Sequence
 
@@ -8,6 +12,9 @@ import jax.numpy as jnp
 from wgan_jax import conv
 
 NORMS = ('layer', 'batch', 'none')
+# config.model.arch: 'dcgan' (32x32x3 images, the convs below) or 'mlp'
+# (vectors of config.model.data_dim, for the toy distributions).
+ARCHS = ('dcgan', 'mlp')
 FEATURE_GRID = 4  # Every conv map is max-pooled to a 4x4 grid (DCGAN).
 # config.model.dtype: the compute dtype of convs, dense layers and norms'
 # outputs. Parameters, batch-norm statistics, scores and losses stay float32.
@@ -190,8 +197,65 @@ def feature_layout(widths: Sequence[int], strides: Sequence[int],
   return dict(layers=layers, grid=grid, total_dim=offset)
 
 
-def create_models(model_config) -> tuple[Generator, Critic]:
+class MLPGenerator(nn.Module):
+  """Noise -> ReLU dense layers -> a linear layer of `data_dim` outputs.
+
+  No batch norm and no output squashing: the toy data are unbounded points,
+  as in the WGAN-GP authors' toy code.
+
+  Attributes:
+    widths: hidden layer widths.
+    data_dim: size of each generated vector.
+  """
+  widths: Sequence[int] = (512, 512, 512)
+  data_dim: int = 2
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    del train  # No batch norm; the argument keeps the DCGAN interface.
+    x = z
+    for i, width in enumerate(self.widths):
+      x = nn.relu(nn.Dense(width, name=f'dense{i}')(x))
+    return nn.Dense(self.data_dim, name='out')(x)
+
+
+class MLPCritic(nn.Module):
+  """Vectors -> ReLU dense layers -> one linear score per example.
+
+  Examples are scored independently (no norm), so the gradient penalty's
+  per-example input gradients are exact.
+
+  Attributes:
+    widths: hidden layer widths.
+  """
+  widths: Sequence[int] = (512, 512, 512)
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    """Scores vectors [B, D]; returns float32 scores [B]."""
+    del train
+    for i, width in enumerate(self.widths):
+      x = nn.relu(nn.Dense(width, name=f'dense{i}')(x))
+    return nn.Dense(1, name='out')(x)[:, 0].astype(jnp.float32)
+
+
+def data_shape(model_config) -> tuple[int, ...]:
+  """Shape of one real example the configured models take (no batch axis)."""
+  # Configs saved before the key existed were all DCGAN.
+  if model_config.get('arch', 'dcgan') == 'mlp':
+    return (model_config.data_dim,)
+  return (32, 32, 3)
+
+
+def create_models(model_config) -> tuple[nn.Module, nn.Module]:
   """Builds the generator and critic from `config.model`."""
+  arch = model_config.get('arch', 'dcgan')
+  if arch not in ARCHS:
+    raise ValueError(f'config.model.arch={arch!r}; use one of {ARCHS}.')
+  if arch == 'mlp':
+    return (MLPGenerator(widths=tuple(model_config.gen_widths),
+                         data_dim=model_config.data_dim),
+            MLPCritic(widths=tuple(model_config.critic_widths)))
   impl = model_config.get('conv_impl', 'auto')
   # Configs saved before the key existed ran in float32.
   dtype = compute_dtype(model_config.get('dtype', 'float32'))

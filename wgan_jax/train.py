@@ -29,6 +29,7 @@ from wgan_jax import writers
 # n_critic critic updates of the step.
 METRICS = ('critic_loss', 'wasserstein', 'gradient_penalty', 'grad_norm',
            'gen_loss')
+OPTIMIZERS = ('adam', 'rmsprop')
 
 
 @flax.struct.dataclass
@@ -56,6 +57,26 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
     raise ValueError(f'config.model.critic_norm={config.model.critic_norm!r}; '
                      f'use one of {models.NORMS}.')
   models.compute_dtype(config.model.get('dtype', 'float32'))
+  arch = config.model.get('arch', 'dcgan')
+  if arch not in models.ARCHS:
+    raise ValueError(f'config.model.arch={arch!r}; use one of '
+                     f'{models.ARCHS}.')
+  if arch == 'mlp' and config.model.get('data_dim', 0) < 1:
+    raise ValueError(
+        'config.model.arch=\'mlp\' needs config.model.data_dim, the size of '
+        'each example (2 for the toy mixtures); see configs/toy.py.')
+  if arch == 'mlp' and config.model.critic_norm != 'none':
+    raise ValueError(
+        f'config.model.critic_norm={config.model.critic_norm!r}, but the MLP '
+        'critic has no norm layers; set config.model.critic_norm=\'none\'.')
+  optimizer = config.optimizer.get('name', 'adam')
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f'config.optimizer.name={optimizer!r}; use one of '
+                     f'{OPTIMIZERS}.')
+  if config.loss == 'wgan-clip' and not config.get('clip_value', 0) > 0:
+    raise ValueError(
+        f'config.loss=\'wgan-clip\' needs config.clip_value > 0, got '
+        f'{config.get("clip_value")!r}; the WGAN paper uses 0.01.')
   if config.batch_size % device_count:
     raise ValueError(
         f'config.batch_size={config.batch_size} is not divisible by the '
@@ -79,17 +100,43 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
-def create_optimizer(config: ml_collections.ConfigDict):
-  """Adam as configured; one instance each for the generator and the critic."""
+def create_optimizer(config: ml_collections.ConfigDict,
+                     updates_per_step: int = 1):
+  """The configured optimizer; one instance each for generator and critic.
+
+  Args:
+    config: the run's config. config.optimizer.name 'adam' uses b1 and b2;
+      'rmsprop' (the weight-clipped WGAN's choice) ignores them. With
+      config.optimizer.linear_decay the learning rate falls linearly to 0
+      at config.num_steps, as in the WGAN-GP authors' code.
+    updates_per_step: the network's updates per train step (n_critic for
+      the critic), so that a decay ends at the last step for both.
+
+  Returns:
+    An optax GradientTransformation.
+  """
   opt = config.optimizer
-  return optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2)
+  lr = opt.learning_rate
+  # Configs saved before these keys existed used Adam without decay.
+  if opt.get('linear_decay', False):
+    lr = optax.linear_schedule(lr, 0.0,
+                               config.num_steps * updates_per_step)
+  if opt.get('name', 'adam') == 'rmsprop':
+    # decay 0.99 and eps 1e-8 are PyTorch's RMSprop defaults, which the WGAN
+    # authors' code ran with.
+    return optax.rmsprop(lr, decay=0.99, eps=1e-8)
+  return optax.adam(lr, b1=opt.b1, b2=opt.b2)
 
 
 def _apply_gen(gen, params, batch_stats, z):
-  """Generates with batch statistics; returns (images, updated statistics)."""
+  """Generates with batch statistics; returns (images, updated statistics).
+
+  A generator without batch norm (the MLP) has empty statistics, which pass
+  through unchanged.
+  """
   images, updates = gen.apply({'params': params, 'batch_stats': batch_stats},
                               z, train=True, mutable=['batch_stats'])
-  return images, updates['batch_stats']
+  return images, updates.get('batch_stats', batch_stats)
 
 
 def _apply_critic(critic, params, batch_stats, x, train=True):
@@ -113,27 +160,37 @@ def init_state(config, gen, critic, key) -> TrainState:
   k_gen, k_critic = jax.random.split(key)
   z = jnp.zeros((2, config.model.z_dim))
   gen_vars = gen.init(k_gen, z, train=False)
-  critic_vars = critic.init(k_critic, jnp.zeros((2, 32, 32, 3)), train=False)
+  critic_vars = critic.init(
+      k_critic, jnp.zeros((2,) + models.data_shape(config.model)), train=False)
   tx = create_optimizer(config)
 
-  def net(variables):
-    return NetState(params=variables['params'],
+  def net(variables, clip=False):
+    params = variables['params']
+    if clip:
+      # So the critic satisfies the constraint from its first use on.
+      params = losses.clip_weights(params, config.clip_value)
+    return NetState(params=params,
                     batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(variables['params']))
+                    opt_state=tx.init(params))
 
   return TrainState(step=jnp.zeros((), jnp.int32), gen=net(gen_vars),
-                    critic=net(critic_vars))
+                    critic=net(critic_vars,
+                               clip=config.loss == 'wgan-clip'))
 
 
 def make_update_fns(config, gen, critic):
   """The two updates a train step is made of, unjitted.
 
   Returns:
-    critic_update(state, (real [B, 32, 32, 3], key)) -> (state, metrics) and
-    gen_update(state, key) -> (state, generator loss).
+    critic_update(state, (real [B, ...], key)) -> (state, metrics) and
+    gen_update(state, key) -> (state, generator loss); real examples are
+    [32, 32, 3] images (DCGAN) or [data_dim] vectors (MLP).
   """
-  tx = create_optimizer(config)
-  z_dim, wgan = config.model.z_dim, config.loss == 'wgan-gp'
+  gen_tx = create_optimizer(config)
+  critic_tx = create_optimizer(config, config.n_critic)
+  z_dim = config.model.z_dim
+  wgan = config.loss in losses.WASSERSTEIN_LOSSES
+  penalised, clipped = config.loss == 'wgan-gp', config.loss == 'wgan-clip'
 
   def critic_update(state, inputs):
     real, key = inputs
@@ -149,13 +206,16 @@ def make_update_fns(config, gen, critic):
       real_scores, stats = _apply_critic(critic, params, stats, real)
       fake_scores, stats = _apply_critic(critic, params, stats, fake)
       metrics = {'wasserstein': jnp.mean(real_scores) - jnp.mean(fake_scores)}
-      if wgan:
+      if penalised:
         # Batch-norm statistics from the penalty's pass are discarded.
         score_fn = lambda x: _apply_critic(critic, params, stats, x)[0]
         penalty, norms = losses.gradient_penalty(score_fn, real, fake, k_eps)
         loss = (losses.wgan_critic_loss(real_scores, fake_scores)
                 + config.gp_weight * penalty)
         metrics.update(gradient_penalty=penalty, grad_norm=jnp.mean(norms))
+      elif clipped:
+        loss = losses.wgan_critic_loss(real_scores, fake_scores)
+        metrics.update(gradient_penalty=jnp.zeros(()), grad_norm=jnp.zeros(()))
       else:
         loss = losses.gan_critic_loss(real_scores, fake_scores)
         metrics.update(gradient_penalty=jnp.zeros(()), grad_norm=jnp.zeros(()))
@@ -164,10 +224,12 @@ def make_update_fns(config, gen, critic):
 
     grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(
         state.critic.params)
-    updates, opt_state = tx.update(grads, state.critic.opt_state,
-                                   state.critic.params)
-    net = NetState(params=optax.apply_updates(state.critic.params, updates),
-                   batch_stats=stats, opt_state=opt_state)
+    updates, opt_state = critic_tx.update(grads, state.critic.opt_state,
+                                          state.critic.params)
+    params = optax.apply_updates(state.critic.params, updates)
+    if clipped:
+      params = losses.clip_weights(params, config.clip_value)
+    net = NetState(params=params, batch_stats=stats, opt_state=opt_state)
     return state.replace(critic=net), metrics
 
   def gen_update(state, key):
@@ -183,7 +245,8 @@ def make_update_fns(config, gen, critic):
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.gen.params)
-    updates, opt_state = tx.update(grads, state.gen.opt_state, state.gen.params)
+    updates, opt_state = gen_tx.update(grads, state.gen.opt_state,
+                                       state.gen.params)
     net = NetState(params=optax.apply_updates(state.gen.params, updates),
                    batch_stats=stats, opt_state=opt_state)
     return state.replace(gen=net), loss
@@ -196,8 +259,8 @@ def make_train_step(config, gen, critic):
 
   Returns:
     train_step(state, real) -> (state, metrics): `real` holds n_critic fresh
-    real batches [n_critic, B, 32, 32, 3]; the step runs one critic update on
-    each, then one generator update on fresh noise.
+    real batches [n_critic, B, ...] (see make_update_fns); the step runs one
+    critic update on each, then one generator update on fresh noise.
   """
   critic_update, gen_update = make_update_fns(config, gen, critic)
 
@@ -279,6 +342,11 @@ def train_and_evaluate(
   # ---- Devices and checks ----
   mesh = create_mesh()
   validate_config(config, mesh.size)
+  if config.model.get('arch', 'dcgan') != 'dcgan':
+    raise ValueError(
+        f'config.model.arch={config.model.arch!r} trains on the toy mixtures '
+        'only: run `python -m wgan_jax.mode_coverage`, or use a DCGAN config '
+        'for images.')
   is_main = jax.process_index() == 0
   logging.info('process %d of %d; %d devices: %s', jax.process_index(),
                jax.process_count(), mesh.size, mesh.devices.tolist())
