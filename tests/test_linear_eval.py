@@ -183,3 +183,15 @@ def test_features_of_two_exports_are_refused(tmp_path):
   (featdir / 'layout.json').write_text(json.dumps({'splits': {'test': {}}}))
   with pytest.raises(ValueError, match='different exports'):
     linear_eval.evaluate(featdir)
+
+
+def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
+  featdir = _make_featdir(tmp_path / 'features')
+  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
+  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
+             f'--features={featdir}', '--memory_budget_gib=1e-9']
+  proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert 'over the' in proc.stderr and '--protocol=dcgan' in proc.stderr
+  assert not (featdir / 'results.json').exists()

@@ -248,6 +248,9 @@ def main(argv):
   if not _OUT.value:
     raise app.UsageError('--out is required.')
   input_pipeline.hide_accelerators_from_tf()
+  if _WORKDIR.value and flags.FLAGS.config is not None:
+    raise app.UsageError('Give --workdir or --config, not both: a workdir '
+                         'brings its own config.')
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
                   _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
                   _BN_STATS.value, flags.FLAGS.config)

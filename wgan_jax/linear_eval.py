@@ -30,6 +30,8 @@ from wgan_jax import protocol
 DEFAULT_C = 0.01
 DEFAULT_MAX_ITER = 2000
 RESULTS_FILENAME = 'results.json'
+# The protocol's own file, so a later single fit cannot overwrite it.
+PROTOCOL_FILENAME = 'protocol_results.json'
 _FEATURE_FILES = (
     'train_features.npy',
     'train_labels.npy',
@@ -200,20 +202,23 @@ def _define_flags() -> None:
       lower_bound=1,
   )
   flags.DEFINE_string(
-      'out', None, f'Results JSON path; default: FEATDIR/{RESULTS_FILENAME}.'
+      'out', None, f'Results JSON path; default: FEATDIR/{RESULTS_FILENAME} '
+      f'(single) or FEATDIR/{PROTOCOL_FILENAME} (dcgan, with a .md table).'
   )
   flags.DEFINE_enum(
       'protocol', 'single', ['single', 'dcgan'],
       'single: one fit at --C; dcgan: C chosen on a validation split, all '
       'labels and seeded 400-per-class subsets (see wgan_jax/protocol.py).')
-  flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.')
+  flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.',
+                       lower_bound=1)
   flags.DEFINE_enum(
       'solver', 'auto', ['auto', 'liblinear', 'lean'],
       'dcgan: auto takes LinearSVC where it fits --memory_budget_gib and '
       'the lean solver elsewhere; liblinear or lean force one.')
   flags.DEFINE_float('memory_budget_gib', 16.0,
-                     'dcgan: LinearSVC runs only where its estimated peak '
-                     'memory fits; the lean solver elsewhere.')
+                     'LinearSVC runs only where its estimated peak memory '
+                     'fits: dcgan takes the lean solver elsewhere, single '
+                     'refuses.')
   flags.mark_flag_as_required('features')
 
 
@@ -234,6 +239,23 @@ def _undash_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
   return rewritten
 
 
+def _check_single_fit_memory(flag_values) -> None:
+  """Refuses a single LinearSVC fit that would not fit the memory budget."""
+  _check_features_dir(flag_values.features)
+  x = np.load(os.path.join(flag_values.features, 'train_features.npy'),
+              mmap_mode='r')
+  rows = x.shape[0]
+  if flag_values.train_per_class is not None:
+    rows = min(rows, 10 * flag_values.train_per_class)  # CIFAR-10.
+  budget = int(flag_values.memory_budget_gib * 2**30)
+  solver, why = l2svm.choose_solver(rows, x.shape[1], budget)
+  if solver != 'liblinear':
+    raise app.UsageError(
+        f'A single LinearSVC fit on {rows:,} x {x.shape[1]:,} features: '
+        f'{why}. Use --protocol=dcgan (its lean solver fits any size), '
+        'fewer rows (--train_per_class) or a larger --memory_budget_gib.')
+
+
 def main(argv: Sequence[str]) -> None:
   """Evaluates the features named by the flags and writes results.json.
 
@@ -246,6 +268,7 @@ def main(argv: Sequence[str]) -> None:
   if flag_values.protocol == 'dcgan':
     _run_dcgan_protocol(flag_values)
     return
+  _check_single_fit_memory(flag_values)
   results = evaluate(
       flag_values.features,
       train_per_class=flag_values.train_per_class,
@@ -260,7 +283,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _run_dcgan_protocol(flag_values) -> None:
-  """The full protocol; writes results.json and results.md."""
+  """The full protocol; writes protocol_results.json and .md."""
   features_dir = flag_values.features
   _check_features_dir(features_dir)
   train_x, train_y = _load_split(features_dir, 'train')
@@ -274,7 +297,7 @@ def _run_dcgan_protocol(flag_values) -> None:
   results.update(layout=layout, protocol='dcgan',
                  features_dir=os.path.abspath(features_dir),
                  sklearn_version=sklearn.__version__)
-  out = flag_values.out or os.path.join(features_dir, RESULTS_FILENAME)
+  out = flag_values.out or os.path.join(features_dir, PROTOCOL_FILENAME)
   fileio.atomic_write_json(out, results)
   name = layout.get('source', 'features')
   if layout.get('step') is not None:

@@ -1,7 +1,7 @@
 """Mode coverage of GAN, WGAN-GP and weight-clipped WGAN on 2-D mixtures.
 
   python -m wgan_jax.mode_coverage --out=runs/mode_coverage \
-      [--seeds=5] [--steps=2000] [--mixtures=ring,grid] \
+      [--seeds=5] [--steps=3000] [--mixtures=ring,grid] \
       [--losses=gan,wgan-gp,wgan-clip]
 
 Trains each objective on each mixture (configs/toy.py, wgan_jax/toy.py)
