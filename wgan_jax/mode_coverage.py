@@ -29,15 +29,23 @@ from wgan_jax import models
 from wgan_jax import toy
 from wgan_jax import train
 
-_OUT = flags.DEFINE_string('out', None, 'Where the results are written.')
-_SEEDS = flags.DEFINE_integer('seeds', 5, 'Seeds 0..N-1 for every run.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Generator updates per run; '
-                              "configs/toy.py's num_steps when unset.")
-_MIXTURES = flags.DEFINE_list('mixtures', list(toy.MIXTURES),
-                              'Toy mixtures to train on.')
-_LOSSES = flags.DEFINE_list('losses', ['gan', 'wgan-gp', 'wgan-clip'],
-                            'Objectives to compare.')
-flags.mark_flags_as_required(['out'])
+
+def _define_flags() -> None:
+  """Defines the CLI flags, only when run as a program.
+
+  wgan_jax.export defines --out too; a process (the test suite) may import
+  both modules.
+  """
+  flags.DEFINE_string('out', None, 'Where the results are written.')
+  flags.DEFINE_integer('seeds', 5, 'Seeds 0..N-1 for every run.')
+  flags.DEFINE_integer('steps', None, 'Generator updates per run; '
+                       "configs/toy.py's num_steps when unset.")
+  flags.DEFINE_list('mixtures', list(toy.MIXTURES),
+                    'Toy mixtures to train on.')
+  flags.DEFINE_list('losses', ['gan', 'wgan-gp', 'wgan-clip'],
+                    'Objectives to compare.')
+  flags.mark_flags_as_required(['out'])
+
 
 _LABELS = {'gan': 'GAN', 'wgan-gp': 'WGAN-GP', 'wgan-clip': 'WGAN (clip)'}
 
@@ -238,18 +246,20 @@ def run_experiment(out: str, seeds: int, mixtures, loss_names,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  for loss in _LOSSES.value:
+  values = flags.FLAGS
+  for loss in values.losses:
     if loss not in losses.LOSSES:
       raise app.UsageError(f'--losses: {loss!r}; use some of {losses.LOSSES}.')
-  for mixture in _MIXTURES.value:
+  for mixture in values.mixtures:
     if mixture not in toy.MIXTURES:
       raise app.UsageError(
           f'--mixtures: {mixture!r}; use some of {toy.MIXTURES}.')
-  if _SEEDS.value < 1:
+  if values.seeds < 1:
     raise app.UsageError('--seeds must be at least 1.')
-  run_experiment(_OUT.value, _SEEDS.value, _MIXTURES.value, _LOSSES.value,
-                 _STEPS.value)
+  run_experiment(values.out, values.seeds, values.mixtures, values.losses,
+                 values.steps)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
