@@ -246,7 +246,9 @@ def _check_single_fit_memory(flag_values) -> None:
               mmap_mode='r')
   rows = x.shape[0]
   if flag_values.train_per_class is not None:
-    rows = min(rows, 10 * flag_values.train_per_class)  # CIFAR-10.
+    labels = np.load(os.path.join(flag_values.features, 'train_labels.npy'),
+                     mmap_mode='r')
+    rows = min(rows, flag_values.train_per_class * len(np.unique(labels)))
   budget = int(flag_values.memory_budget_gib * 2**30)
   solver, why = l2svm.choose_solver(rows, x.shape[1], budget)
   if solver != 'liblinear':

@@ -206,18 +206,15 @@ def make_update_fns(config, gen, critic):
       real_scores, stats = _apply_critic(critic, params, stats, real)
       fake_scores, stats = _apply_critic(critic, params, stats, fake)
       metrics = {'wasserstein': jnp.mean(real_scores) - jnp.mean(fake_scores)}
+      critic_loss = losses.wgan_critic_loss if wgan else losses.gan_critic_loss
+      loss = critic_loss(real_scores, fake_scores)
       if penalised:
         # Batch-norm statistics from the penalty's pass are discarded.
         score_fn = lambda x: _apply_critic(critic, params, stats, x)[0]
         penalty, norms = losses.gradient_penalty(score_fn, real, fake, k_eps)
-        loss = (losses.wgan_critic_loss(real_scores, fake_scores)
-                + config.gp_weight * penalty)
+        loss += config.gp_weight * penalty
         metrics.update(gradient_penalty=penalty, grad_norm=jnp.mean(norms))
-      elif clipped:
-        loss = losses.wgan_critic_loss(real_scores, fake_scores)
-        metrics.update(gradient_penalty=jnp.zeros(()), grad_norm=jnp.zeros(()))
       else:
-        loss = losses.gan_critic_loss(real_scores, fake_scores)
         metrics.update(gradient_penalty=jnp.zeros(()), grad_norm=jnp.zeros(()))
       metrics['critic_loss'] = loss
       return loss, (stats, metrics)
