@@ -58,6 +58,33 @@ class LeanSolverTest(absltest.TestCase):
       l2svm.fit_squared_hinge(x, y, 0.01)
       l2svm.fit_linear_svm(x, y, 10.0, max_iter=2)  # Does not converge.
 
+  def test_subspace_spectrum(self):
+    x, y = _blobs(n=500, d=60, seed=4)
+    xt = np.concatenate([x, np.ones((len(x), 1), np.float32)], 1)
+    true = np.linalg.eigvalsh(xt.astype(np.float64).T @ xt)
+    v, lam, tail = l2svm.row_spectrum(x, exact_dims=10, sample=20)
+    np.testing.assert_allclose(v.T @ v, np.eye(20), atol=1e-6)
+    # Ritz values interlace: the i-th largest is at most the true one.
+    self.assertTrue(np.all(np.sort(lam)[::-1] <= true[::-1][:20] * 1.0001))
+    # The tail is the mean of what the subspace leaves of the trace.
+    self.assertAlmostEqual(tail, (true.sum() - lam.sum()) / 41, delta=1e-3 *
+                           tail)
+    # A sample spanning every row gives the exact spectrum and no tail.
+    v, lam, tail = l2svm.row_spectrum(x[:40], exact_dims=10, sample=100)
+    xt = xt[:40].astype(np.float64)
+    np.testing.assert_allclose(np.sort(lam)[-40:],
+                               np.linalg.eigvalsh(xt @ xt.T), rtol=1e-4)
+    self.assertLess(tail, 1e-3 * lam.max())
+    # Any of these preconditioners leaves the optimum where it is.
+    exact = l2svm.fit_squared_hinge(x, y, 0.01, tol=1e-6)
+    for sample in (5, 30):
+      fit = l2svm.fit_squared_hinge(
+          x, y, 0.01, tol=1e-6,
+          spectrum=l2svm.row_spectrum(x, exact_dims=10, sample=sample))
+      self.assertTrue(fit['converged'])
+      self.assertLess(abs(fit['objective'] - exact['objective']),
+                      1e-6 * exact['objective'])
+
 
 class KernelBasisTest(absltest.TestCase):
 

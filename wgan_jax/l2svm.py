@@ -227,74 +227,94 @@ def _problem(x, y, classes, C, rows,  # pylint: disable=invalid-name
 class _Scaling:
   """A preconditioner as a change of variables, theta = S c, per class.
 
-  S = I + V diag(s - 1) V^T with s = (1 + 2 C lam)^(-1/2), where V holds
-  (estimated) eigenvectors of X~^T X~ and lam their eigenvalues: the
-  Hessian I + 2 C X~^T D X~ (D: active rows) seen by the solver becomes
-  close to the identity along V whatever the fraction of active rows, so
-  conjugate gradients need far fewer passes. The objective is unchanged;
-  only its coordinates are. V = None means X~^T X~ is diagonal.
+  S = s_t I + V diag(s - s_t) V^T with s = (1 + 2 C lam)^(-1/2), where V
+  holds orthonormal (estimated) eigenvectors of X~^T X~, lam their
+  eigenvalues and s_t the same function of the mean eigenvalue of the rest
+  of the space (`tail`): the Hessian I + 2 C X~^T D X~ (D: active rows) seen
+  by the solver becomes close to the identity whatever the fraction of
+  active rows, so conjugate gradients need far fewer passes. The objective
+  is unchanged; only its coordinates are. V = None means X~^T X~ is
+  diagonal.
   """
 
-  def __init__(self, v, lam, C, k, active=None):  # pylint: disable=C0103
+  def __init__(self, v, lam, tail, C, k,  # pylint: disable=invalid-name
+               active=None):
     self.v, self.k = v, k
     active = np.ones((k,)) if active is None else np.asarray(active)
-    self.s = 1.0 / np.sqrt(1.0 + 2.0 * C * lam[:, None] * active[None, :])
+    scale = lambda e: 1.0 / np.sqrt(1.0 + 2.0 * C * e * active[None, :])
+    self.s = scale(np.asarray(lam)[:, None])
+    self.s_tail = scale(np.full((1, 1), float(tail)))
 
   def apply(self, c, inverse=False):
     c = c.reshape(-1, self.k)
-    f = 1.0 / self.s if inverse else self.s
+    f, f_tail = (1 / self.s, 1 / self.s_tail) if inverse else (
+        self.s, self.s_tail)
     if self.v is None:
       return (f * c).ravel()
-    return (c + self.v @ ((f - 1.0) * (self.v.T @ c))).ravel()
+    return (f_tail * c + self.v @ ((f - f_tail) * (self.v.T @ c))).ravel()
+
+
+def _with_ones(xc, intercept):
+  if not intercept:
+    return xc
+  return np.concatenate([xc, np.ones((len(xc), 1), np.float32)], axis=1)
 
 
 def row_spectrum(x, rows=None, *, intercept: bool = True,
                  exact_dims: int = 8192, sample: int = 4000, seed: int = 0):
-  """Eigenvectors V [p, r] and eigenvalues [r] of X~^T X~ over the rows.
+  """Eigenpairs of X~^T X~ over the rows, and the mean of the rest.
 
   The preconditioner of `fit_squared_hinge`; it depends on the rows only,
   so one serves every C of a sweep. Exact (one pass and a p x p eigh) up to
-  `exact_dims` columns; above, the top eigenpairs from `sample` rows
-  (Nystrom), scaled to the row count.
+  `exact_dims` columns. Above, the eigenpairs come from the subspace that
+  `sample` random rows span (Rayleigh-Ritz with every row: one pass with
+  `sample` columns), and the rest of the spectrum is summed up by its mean,
+  from the trace: with that tail term the solver needs a few times fewer
+  passes on 28,672-dim critic features than with the subspace alone.
 
   Args:
     x: features [N, D], an array or a memory map.
     rows: sorted row indices (all when None).
     intercept: whether X~ has the constant column of the intercept.
     exact_dims: the most columns for an exact decomposition.
-    sample: rows of the estimate above that.
+    sample: rows whose span is used above that.
     seed: seed of the row sample.
 
   Returns:
-    (V, eigenvalues).
+    (V [p, r] with orthonormal columns, eigenvalues [r], the mean eigenvalue
+    of the orthogonal complement: 0 when r = p).
   """
   rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows)
   p = x.shape[1] + int(intercept)
-  lam_floor = 1e-10
+  step = max(1, _CHUNK_BYTES // (4 * p))
   if p <= exact_dims:
     gram = np.zeros((p, p))
-    step = max(1, _CHUNK_BYTES // (4 * p))
     for lo in range(0, len(rows), step):
-      xc = np.asarray(x[rows[lo:lo + step]], np.float32)
-      if intercept:
-        xc = np.concatenate([xc, np.ones((len(xc), 1), np.float32)], 1)
+      xc = _with_ones(np.asarray(x[rows[lo:lo + step]], np.float32),
+                      intercept)
       gram += xc.T @ xc
     lam, v = np.linalg.eigh(gram)
-    keep = lam > lam_floor * lam[-1]
-    return v[:, keep], lam[keep]
+    keep = lam > 1e-10 * lam[-1]
+    # Directions dropped here have (near) zero eigenvalues: tail 0.
+    return v[:, keep], lam[keep], 0.0
   picked = rows
   if len(rows) > sample:
     picked = np.sort(np.random.default_rng(seed).choice(rows, sample, False))
-  # float32 throughout: a preconditioner needs the top of the spectrum
-  # roughly, not exactly, and this halves the cost of the largest product.
-  xm = np.asarray(x[picked], np.float32)
-  if intercept:
-    xm = np.concatenate([xm, np.ones((len(picked), 1), np.float32)], axis=1)
-  lam, u = np.linalg.eigh((xm @ xm.T).astype(np.float64))
-  keep = lam > lam_floor * lam[-1]
-  lam, u = lam[keep], u[:, keep]
-  v = xm.T @ (u / np.sqrt(lam)).astype(np.float32)
-  return v.astype(np.float64), lam * (len(rows) / len(picked))
+  # float32 products: a preconditioner needs the spectrum roughly, not
+  # exactly, and this halves the cost of the largest ones.
+  q = np.linalg.qr(_with_ones(np.asarray(x[picked], np.float32),
+                              intercept).T.astype(np.float64))[0]
+  q32 = q.astype(np.float32)
+  projected = np.zeros((q.shape[1],) * 2)
+  trace = 0.0
+  for lo in range(0, len(rows), step):
+    xc = _with_ones(np.asarray(x[rows[lo:lo + step]], np.float32), intercept)
+    xq = xc @ q32
+    projected += xq.T @ xq
+    trace += float(np.einsum('ij,ij->', xc, xc, dtype=np.float64))
+  lam, u = np.linalg.eigh(projected)
+  tail = max(trace - lam.sum(), 0.0) / max(p - len(lam), 1)
+  return q @ u, np.maximum(lam, 0.0), tail
 
 
 def fit_squared_hinge(x, y, C, *, rows=None,  # pylint: disable=C0103
@@ -316,9 +336,9 @@ def fit_squared_hinge(x, y, C, *, rows=None,  # pylint: disable=C0103
     init: a previous result's 'theta' to start from (a C path), or None.
     fit_intercept: False for features that already hold the intercept
       (`KernelBasis.z`); 'intercept' is then zeros.
-    spectrum: (V, eigenvalues) of X~^T X~ from `row_spectrum`, or (None,
-      diagonal) when it is diagonal (`KernelBasis.spectrum`); computed
-      here when None.
+    spectrum: (V, eigenvalues, tail) of X~^T X~ from `row_spectrum`, or
+      (None, diagonal, 0) when it is diagonal (`KernelBasis.spectrum`);
+      computed here when None.
 
   Returns:
     dict with 'coef' [K, D], 'intercept' [K], 'classes' [K], 'theta' (for
@@ -407,7 +427,7 @@ class KernelBasis:
     keep = lam > 1e-10 * lam[-1]
     lam, u = lam[keep], u[:, keep]
     self.z = (u * np.sqrt(lam)).astype(np.float32)
-    self.spectrum = (None, lam)  # z^T z = diag(lam).
+    self.spectrum = (None, lam, 0.0)  # z^T z = diag(lam).
     self._back = u / np.sqrt(lam)
 
   def lift(self, coef_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
