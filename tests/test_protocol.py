@@ -67,6 +67,22 @@ class ProtocolTest(absltest.TestCase):
     table = protocol.markdown_table(results, 'test')
     self.assertIn('| test | 30 |', table)
 
+  def test_one_part_alone(self):
+    x, y = _data(n=1200)
+    tx, ty = _data(n=400, seed=1)
+    kwargs = dict(val_per_class=50, subset_per_class=40, num_subsets=2,
+                  grid=(1e-3, 1e-2))
+    both = protocol.run(x, y, tx, ty, **kwargs)
+    alone = protocol.run(x, y, tx, ty, parts=('per_class',), **kwargs)
+    self.assertNotIn('all_labels', alone)
+    # The same validation split and subsets: the same numbers.
+    self.assertEqual(alone['per_class']['accuracies'],
+                     both['per_class']['accuracies'])
+    row = protocol.markdown_table(alone, 'test').splitlines()[-1]
+    self.assertTrue(row.startswith('| test | 30 | - | - | '), row)
+    with self.assertRaisesRegex(ValueError, 'Unknown protocol parts'):
+      protocol.run(x, y, tx, ty, parts=('subsets',), **kwargs)
+
   def test_subsets_with_fewer_rows_than_dims_use_a_kernel_basis(self):
     x, y = _data(n=400, d=120)
     tx, ty = _data(n=200, d=120, seed=1)

@@ -212,6 +212,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.',
                        lower_bound=1)
   flags.DEFINE_enum(
+      'parts', 'both', ['both', *protocol.PARTS],
+      'dcgan: run both parts, or only all_labels or per_class (the '
+      '400-per-class subsets).')
+  flags.DEFINE_enum(
       'solver', 'auto', ['auto', 'liblinear', 'lean'],
       'dcgan: auto takes LinearSVC where it fits --memory_budget_gib and '
       'the lean solver elsewhere; liblinear or lean force one.')
@@ -295,7 +299,9 @@ def _run_dcgan_protocol(flag_values) -> None:
                          num_subsets=flag_values.subsets,
                          seed=flag_values.seed,
                          memory_budget_gib=flag_values.memory_budget_gib,
-                         solver=flag_values.solver)
+                         solver=flag_values.solver,
+                         parts=(protocol.PARTS if flag_values.parts == 'both'
+                                else (flag_values.parts,)))
   results.update(layout=layout, protocol='dcgan',
                  features_dir=os.path.abspath(features_dir),
                  sklearn_version=sklearn.__version__)

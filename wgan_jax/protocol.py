@@ -23,6 +23,7 @@ from wgan_jax import fileio
 from wgan_jax import l2svm
 
 DCGAN_GRID = tuple(float(c) for c in np.logspace(-4, -2, 5))
+PARTS = ('all_labels', 'per_class')
 _WIDEN_LIMIT = 3  # Decades the grid may grow past either edge.
 
 
@@ -162,16 +163,36 @@ def _plan(x, rows, budget, solver='auto'):
 def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
         subset_per_class=400, num_subsets=10, seed=0,
         memory_budget_gib=16.0, grid=DCGAN_GRID,
-        solver='auto') -> dict[str, Any]:
-  """Runs the whole protocol; returns a JSON-serialisable dict."""
+        solver='auto', parts=PARTS) -> dict[str, Any]:
+  """Runs the protocol's parts; returns a JSON-serialisable dict.
+
+  `parts` names which of 'all_labels' and 'per_class' to run; both by
+  default. The validation split is the same either way.
+  """
+  unknown = set(parts) - set(PARTS)
+  if unknown or not parts:
+    raise ValueError(f'Unknown protocol parts {sorted(unknown)}; name one '
+                     f'or both of {PARTS}.')
   budget = int(memory_budget_gib * 2**30)
   n, d = train_x.shape
   val_rows = class_balanced_subset(train_y, val_per_class, seed)
   rest = np.setdiff1d(np.arange(n), val_rows)
   results = dict(feature_dim=int(d), n_train=int(n), n_test=len(test_y),
                  val_rows=len(val_rows), grid=list(grid))
+  if 'all_labels' in parts:
+    results['all_labels'] = _all_labels(train_x, train_y, test_x, test_y,
+                                        val_rows, rest, budget, grid, solver)
+  if 'per_class' in parts:
+    results['per_class'] = _per_class(train_x, train_y, test_x, test_y,
+                                      val_rows, rest, budget, grid, solver,
+                                      subset_per_class, num_subsets, seed)
+  return results
 
-  # All labels: C on validation, then refit on every train row.
+
+def _all_labels(train_x, train_y, test_x, test_y, val_rows, rest, budget,
+                grid, solver):
+  """C on the validation rows, then a refit on every train row."""
+  n = train_x.shape[0]
   start = time.perf_counter()
   basis, solver_c, why = _plan(train_x, rest, budget, solver)
   logging.info('all labels, C sweep: %s solver (%s)', solver_c, why)
@@ -190,7 +211,7 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
   fit, refit_seconds = _fit(train_x, train_y, every, best, solver_all,
                             init=init, basis=basis, spectrum=spectrum)
   del basis, spectrum
-  results['all_labels'] = dict(
+  return dict(
       test_accuracy=_accuracy(fit, test_x, test_y), C=best,
       val_accuracy={f'{c:g}': a for c, a in scores.items()},
       solver=solver_all, solver_reason=why_all, sweep_solver=solver_c,
@@ -198,7 +219,10 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
       seconds=time.perf_counter() - start,
       converged=fit['converged'], peak_rss_mib=fileio.peak_rss_mib())
 
-  # Limited labels: seeded subsets outside the validation rows.
+
+def _per_class(train_x, train_y, test_x, test_y, val_rows, rest, budget,
+               grid, solver, subset_per_class, num_subsets, seed):
+  """Seeded class-balanced subsets, C chosen on validation for each."""
   accs, chosen = [], []
   start = time.perf_counter()
   for s in range(num_subsets):
@@ -214,33 +238,44 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
     chosen.append(c)
     logging.info('subset %d: C=%g, test accuracy %.4f (%s, %.1f s)', s, c,
                  accs[-1], solver_sub, t)
-  results['per_class'] = dict(
+  return dict(
       per_class=subset_per_class, subsets=num_subsets,
       mean=float(np.mean(accs)), std=float(np.std(accs, ddof=1))
       if len(accs) > 1 else 0.0, accuracies=accs, C=chosen,
       solver=solver_sub, solver_reason=why_sub,
       seconds=time.perf_counter() - start, peak_rss_mib=fileio.peak_rss_mib())
-  return results
 
 
 def markdown_table(results: dict[str, Any], name: str = 'features') -> str:
-  """The protocol's results as one markdown table row, with its header."""
-  a, p = results['all_labels'], results['per_class']
-  cs = ', '.join(f'{c:g}' for c in sorted(set(p['C'])))
+  """The protocol's results as one markdown table row, with its header.
+
+  A part the run left out (`run(parts=...)`) shows as '-'.
+  """
+  a, p = results.get('all_labels'), results.get('per_class')
   export = results.get('layout', {}).get('splits', {})
   rates = [v['images_per_sec'] for v in export.values()
            if 'images_per_sec' in v]
   rate = f'{np.mean(rates):.0f}' if rates else '-'
+  cells = dict(all='-', c='-', sub='-', cs='-', solver_all='-',
+               solver_sub='-', time_all='-', time_sub='-')
+  if a:
+    cells.update(all=f'{100 * a["test_accuracy"]:.2f}%', c=f'{a["C"]:g}',
+                 solver_all=a['solver'], time_all=f'{a["seconds"]:.0f} s')
+  if p:
+    cells.update(
+        sub=f'{100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% '
+        f'({p["subsets"]})', cs=', '.join(f'{c:g}' for c in sorted(set(
+            p['C']))), solver_sub=p['solver'], time_sub=f'{p["seconds"]:.0f} s')
+  rss = max(part['peak_rss_mib'] for part in (a, p) if part) / 1024
   return '\n'.join([
       '| features | dims | all labels | C | 400 per class, mean +- std (n) '
       '| C chosen | solver (all / 400) | fit time (all / 400) | export img/s '
       '| peak RSS |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-      f'| {name} | {results["feature_dim"]} | {100 * a["test_accuracy"]:.2f}% '
-      f'| {a["C"]:g} | {100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% '
-      f'({p["subsets"]}) | {cs} | {a["solver"]} / {p["solver"]} | '
-      f'{a["seconds"]:.0f} s / {p["seconds"]:.0f} s | {rate} | '
-      f'{max(a["peak_rss_mib"], p["peak_rss_mib"]) / 1024:.1f} GiB |',
+      f'| {name} | {results["feature_dim"]} | {cells["all"]} | {cells["c"]} '
+      f'| {cells["sub"]} | {cells["cs"]} | {cells["solver_all"]} / '
+      f'{cells["solver_sub"]} | {cells["time_all"]} / {cells["time_sub"]} '
+      f'| {rate} | {rss:.1f} GiB |',
   ])
 
 
