@@ -65,8 +65,9 @@ def _not_prepared_message(name: str, root: str, version_dir: str) -> str:
   """Explains how to make a dataset available without downloading here."""
   message = (
       f'Dataset {name!r} is not prepared in data dir {root!r} (looked for '
-      f'{version_dir}). This pipeline never downloads. Set TFDS_DATA_DIR or '
-      'config.data_dir to a folder that holds the prepared dataset')
+      f'{version_dir}). This pipeline never downloads. Set TFDS_DATA_DIR (or '
+      '--config.data_dir for training, --data_dir for export) to a folder '
+      'that holds the prepared dataset')
   if name == 'imagenet2012':
     return message + (
         '. ImageNet cannot be downloaded by TFDS: place the two files '
