@@ -85,7 +85,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
           else 'other settings')
   raise ValueError(
       f'The workdir {workdir!r} holds a run of {what} ({details}). Use a new '
-      f'--workdir, or the saved config ({path}).')
+      f'--workdir, or resume with its saved config ({path}): '
+      f'--config=configs/from_workdir.py:{workdir}')
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict):
