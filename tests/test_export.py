@@ -122,6 +122,13 @@ class ExportTest(absltest.TestCase):
       with self.assertRaisesRegex(FileNotFoundError, 'No checkpoint'):
         export.export(os.path.join(tmp, 'f'), 'checkpoint', workdir=tmp)
 
+  def test_two_slices_of_one_split_are_refused(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, 'f')
+      with self.assertRaisesRegex(ValueError, 'train more than once'):
+        export.export(out, 'pixels', splits=('train[:10]', 'train[10:20]'))
+      self.assertFalse(os.path.exists(out))  # Refused before any write.
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -83,6 +83,14 @@ class ProtocolTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'Unknown protocol parts'):
       protocol.run(x, y, tx, ty, parts=('subsets',), **kwargs)
 
+  def test_too_few_rows_for_the_subsets_is_refused_first(self):
+    x, y = _data(n=300)
+    tx, ty = _data(n=100, seed=1)
+    self.enter_context(absltest.mock.patch.object(
+        protocol, '_all_labels', lambda *a: self.fail('fitted first')))
+    with self.assertRaisesRegex(ValueError, 'fewer than the 400 per class'):
+      protocol.run(x, y, tx, ty, val_per_class=10)
+
   def test_subsets_with_fewer_rows_than_dims_use_a_kernel_basis(self):
     x, y = _data(n=400, d=120)
     tx, ty = _data(n=200, d=120, seed=1)

@@ -213,6 +213,15 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
   Returns:
     The layout dict, also written to out/layout.json.
   """
+  names = [split.split('[')[0] for split in splits]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    # Each split is written to one {name}_features.npy: a second slice of
+    # the same split would silently replace the first.
+    raise ValueError(
+        f'--splits names {", ".join(repeated)} more than once ({splits}); '
+        'give one slice per split, e.g. train[:20000] rather than '
+        'train[:10000],train[10000:20000].')
   mesh = train.create_mesh()
   batch_size = -(-batch_size // mesh.size) * mesh.size
   if source == 'pixels':
@@ -233,8 +242,8 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
     feature_fn = make_feature_fn(critic, variables, mesh)
   os.makedirs(out, exist_ok=True)
   layout.update(dataset=dataset, splits={})
-  for split in splits:
-    layout['splits'][split.split('[')[0]] = export_split(
+  for name, split in zip(names, splits):
+    layout['splits'][name] = export_split(
         feature_fn, layout['total_dim'], split, out, dataset, batch_size,
         data_dir)
   layout['peak_rss_mib'] = fileio.peak_rss_mib()

@@ -177,6 +177,15 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
   n, d = train_x.shape
   val_rows = class_balanced_subset(train_y, val_per_class, seed)
   rest = np.setdiff1d(np.arange(n), val_rows)
+  if 'per_class' in parts:
+    # Checked now rather than after the all-labels part has run for minutes.
+    counts = np.unique(train_y[rest], return_counts=True)[1]
+    if counts.min() < subset_per_class:
+      raise ValueError(
+          f'A class has only {counts.min()} train rows outside the '
+          f'{val_per_class}-per-class validation split, fewer than the '
+          f'{subset_per_class} per class of the subsets; export more train '
+          'rows or run --parts=all_labels.')
   results = dict(feature_dim=int(d), n_train=int(n), n_test=len(test_y),
                  val_rows=len(val_rows), grid=list(grid))
   if 'all_labels' in parts:
