@@ -122,6 +122,17 @@ class CompareSolversTest(absltest.TestCase):
     lean, lib = out['lean']['objective'], out['liblinear']['objective']
     self.assertLess(abs(lean - lib) / lib, 1e-3)
 
+  def test_time_sweep_fit(self):
+    x, y = _data(n=400, seed=5)
+    d = self.enter_context(tempfile.TemporaryDirectory())
+    np.save(f'{d}/train_features.npy', x)
+    np.save(f'{d}/train_labels.npy', y)
+    out = protocol.time_sweep_fit(d, 0.01, val_per_class=10)
+    self.assertEqual(out['rows'], 400 - 10 * len(np.unique(y)))
+    self.assertTrue(out['converged'])
+    self.assertGreater(out['passes'], 1)
+    self.assertBetween(out['val_accuracy'], 0.0, 1.0)
+
 
 if __name__ == '__main__':
   absltest.main()

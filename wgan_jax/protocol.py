@@ -321,11 +321,44 @@ def compare_solvers(features_dir: str, C: float,  # pylint: disable=C0103
   return out
 
 
+def time_sweep_fit(features_dir: str, C: float,  # pylint: disable=C0103
+                   val_per_class: int = 500, seed: int = 0) -> dict[str, Any]:
+  """One lean fit of the all-labels sweep at C, from zero, timed.
+
+  The rows and the preconditioner are those of `run` (the train rows
+  outside its validation split); a benchmark of the solver on the
+  protocol's largest fits.
+
+  Returns:
+    Seconds for the preconditioner and the fit, passes, Newton iterations,
+    objective, convergence and validation accuracy.
+  """
+  load = lambda name: np.load(f'{features_dir}/{name}.npy', mmap_mode='r')
+  x, y = load('train_features'), np.asarray(load('train_labels'))
+  val_rows = class_balanced_subset(y, val_per_class, seed)
+  rest = np.setdiff1d(np.arange(len(y)), val_rows)
+  start = time.perf_counter()
+  spectrum = l2svm.row_spectrum(x, rest)
+  spectrum_seconds = time.perf_counter() - start
+  fit = l2svm.fit_squared_hinge(x, y[rest], C, rows=rest, spectrum=spectrum)
+  return dict(C=C, rows=len(rest), dims=int(x.shape[1]),
+              spectrum_seconds=spectrum_seconds, seconds=fit['seconds'],
+              passes=fit['passes'], iterations=fit['iterations'],
+              objective=fit['objective'], converged=fit['converged'],
+              val_accuracy=_accuracy(fit, x, y, val_rows),
+              peak_rss_mib=fileio.peak_rss_mib())
+
+
 if __name__ == '__main__':
-  # python -m wgan_jax.protocol FEATDIR [C] [PER_CLASS]: both solvers.
+  # python -m wgan_jax.protocol FEATDIR [C] [PER_CLASS]: both solvers;
+  # python -m wgan_jax.protocol FEATDIR C sweep: one timed sweep fit.
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   args = sys.argv[1:]
-  print(json.dumps(compare_solvers(
-      args[0], float(args[1]) if len(args) > 1 else 0.01,
-      int(args[2]) if len(args) > 2 else 1000), indent=1))
+  logging.set_verbosity(logging.INFO)
+  if len(args) == 3 and args[2] == 'sweep':
+    print(json.dumps(time_sweep_fit(args[0], float(args[1])), indent=1))
+  else:
+    print(json.dumps(compare_solvers(
+        args[0], float(args[1]) if len(args) > 1 else 0.01,
+        int(args[2]) if len(args) > 2 else 1000), indent=1))
