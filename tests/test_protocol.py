@@ -53,6 +53,40 @@ class ProtocolTest(absltest.TestCase):
                                         grid=(1e-3, 1e-2))
     self.assertEqual((best, len(scores)), (1e-3, 2))
 
+  def test_sweep_stops_after_the_peak(self):
+    # Scores peaked at C = 1e-3: with patience 2, 1e-2 and 1e-1 are fitted
+    # and score lower, so 1 is skipped; without patience every C is fitted.
+    fits = []
+
+    def fake_fit(x, y, rows, C, solver, init=None,  # pylint: disable=C0103
+                 basis=None, spectrum=None):
+      del x, y, rows, solver, init, basis, spectrum
+      fits.append(C)
+      return {'C': C, 'theta': None}, 0.0
+
+    self.enter_context(absltest.mock.patch.object(protocol, '_fit', fake_fit))
+    self.enter_context(absltest.mock.patch.object(
+        protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']) + 3)))
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+                                           grid=grid, patience=2)
+    self.assertAlmostEqual(best, 1e-3)
+    np.testing.assert_allclose(fits, grid[:4])
+    self.assertLen(scores, 4)
+    fits.clear()
+    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+                                           grid=grid, patience=None)
+    self.assertAlmostEqual(best, 1e-3)
+    np.testing.assert_allclose(fits, grid)
+    # A best C at the bottom edge still widens the grid downwards.
+    fits.clear()
+    self.enter_context(absltest.mock.patch.object(
+        protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']) + 5)))
+    best, _, _, _ = protocol.select_c(None, None, None, None, 'lean',
+                                      grid=grid, patience=2)
+    self.assertAlmostEqual(best, 1e-5)
+    np.testing.assert_allclose(fits, [1e-4, 1e-3, 1e-2, 1e-5, 1e-6])
+
   def test_run_reports_both_settings(self):
     x, y = _data(n=1200)
     tx, ty = _data(n=400, seed=1)

@@ -219,6 +219,11 @@ def _define_flags() -> None:
       'solver', 'auto', ['auto', 'liblinear', 'lean'],
       'dcgan: auto takes LinearSVC where it fits --memory_budget_gib and '
       'the lean solver elsewhere; liblinear or lean force one.')
+  flags.DEFINE_integer(
+      'patience', protocol.PATIENCE,
+      'dcgan: skip the larger C of the sweep once this many values above '
+      'the best so far scored no better on validation; 0 fits every C.',
+      lower_bound=0)
   flags.DEFINE_float('memory_budget_gib', 16.0,
                      'LinearSVC runs only where its estimated peak memory '
                      'fits: dcgan takes the lean solver elsewhere, single '
@@ -300,6 +305,7 @@ def _run_dcgan_protocol(flag_values) -> None:
                          seed=flag_values.seed,
                          memory_budget_gib=flag_values.memory_budget_gib,
                          solver=flag_values.solver,
+                         patience=flag_values.patience or None,
                          parts=(protocol.PARTS if flag_values.parts == 'both'
                                 else (flag_values.parts,)))
   results.update(layout=layout, protocol='dcgan',
