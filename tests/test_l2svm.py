@@ -59,35 +59,92 @@ class LeanSolverTest(absltest.TestCase):
       l2svm.fit_linear_svm(x, y, 10.0, max_iter=2)  # Does not converge.
 
   def test_subspace_spectrum(self):
-    x, y = _blobs(n=500, d=60, seed=4)
+    # A decaying spectrum, as conv features have.
+    rng = np.random.default_rng(4)
+    rotation = np.linalg.qr(rng.normal(size=(60, 60)))[0]
+    x = (rng.normal(size=(500, 60)) * 0.93**np.arange(60) @ rotation * 5
+         + 1).astype(np.float32)
     xt = np.concatenate([x, np.ones((len(x), 1), np.float32)], 1)
-    true = np.linalg.eigvalsh(xt.astype(np.float64).T @ xt)
-    v, lam, tail = l2svm.row_spectrum(x, exact_dims=10, sample=20)
-    r = len(lam)
+    true = np.linalg.eigvalsh(xt.astype(np.float64).T @ xt)[::-1]
+    rows = np.arange(0, 500, 2)
+    spec = l2svm.row_spectrum(x, rows, exact_dims=10, sample=20, power=0)
+    r = len(spec.lam)
     self.assertBetween(r, 1, 20)
-    np.testing.assert_allclose(v.T @ v, np.eye(r), atol=1e-5)
-    # Ritz values interlace: the i-th largest is at most the true one.
-    self.assertTrue(np.all(np.sort(lam)[::-1] <= true[::-1][:r] * 1.0001))
-    # The tail is the mean of what the kept pairs leave of the trace, and
-    # those kept stand above it.
-    self.assertAlmostEqual(tail, (true.sum() - lam.sum()) / (61 - r),
-                           delta=1e-3 * tail)
-    self.assertGreater(lam.min(), 2 * tail)
-    # A sample spanning every row gives the exact spectrum and no tail.
-    v, lam, tail = l2svm.row_spectrum(x[:40], exact_dims=10, sample=100)
+    np.testing.assert_allclose(spec.v.T @ spec.v, np.eye(r), atol=1e-5)
+    self.assertTrue(np.all(np.diff(spec.lam) <= 0))  # Largest first.
+    # z and the tail energy cover every row of x, fitted or not.
+    np.testing.assert_allclose(spec.z, xt @ spec.v, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        spec.tail_energy, np.sum(xt**2, 1) - np.sum(spec.z**2, 1),
+        rtol=1e-4, atol=1e-2)
+    # Ritz values interlace: the i-th largest is at most the true one, and
+    # a subspace iteration brings the leading ones closer to the truth.
+    true = np.linalg.eigvalsh(
+        xt[rows].astype(np.float64).T @ xt[rows])[::-1]
+    self.assertTrue(np.all(spec.lam <= true[:r] * 1.0001))
+    refined = l2svm.row_spectrum(x, rows, exact_dims=10, sample=20, power=1)
+    self.assertTrue(np.all(refined.lam <= true[:len(refined.lam)] * 1.0001))
+    self.assertLess(np.sum(true[:5] - refined.lam[:5]),
+                    0.5 * np.sum(true[:5] - spec.lam[:5]))
+    # A sample spanning every row gives the exact spectrum, nothing left.
+    spec = l2svm.row_spectrum(x[:40], exact_dims=10, sample=100)
     xt = xt[:40].astype(np.float64)
-    np.testing.assert_allclose(np.sort(lam)[-40:],
-                               np.linalg.eigvalsh(xt @ xt.T), rtol=1e-4)
-    self.assertLess(tail, 1e-3 * lam.max())
-    # Any of these preconditioners leaves the optimum where it is.
-    exact = l2svm.fit_squared_hinge(x, y, 0.01, tol=1e-6)
-    for sample in (5, 30):
+    np.testing.assert_allclose(spec.lam, np.linalg.eigvalsh(xt @ xt.T)[::-1],
+                               rtol=1e-4)
+    self.assertLess(spec.tail_energy.max(), 1e-4 * spec.lam.max())
+
+  def test_any_preconditioner_reaches_the_same_optimum(self):
+    x, y = _blobs(n=500, d=60, seed=4)
+    exact = l2svm.fit_squared_hinge(x, y, 0.01, tol=1e-12)
+    for sample, power, block in ((5, 0, 0), (30, 1, 4), (30, 0, 256)):
       fit = l2svm.fit_squared_hinge(
-          x, y, 0.01, tol=1e-6,
-          spectrum=l2svm.row_spectrum(x, exact_dims=10, sample=sample))
+          x, y, 0.01, tol=1e-12, block=block,
+          spectrum=l2svm.row_spectrum(x, exact_dims=10, sample=sample,
+                                      power=power))
       self.assertTrue(fit['converged'])
       self.assertLess(abs(fit['objective'] - exact['objective']),
-                      1e-6 * exact['objective'])
+                      1e-8 * exact['objective'])
+
+  def test_spectrum_of_some_rows_or_all_serves_any_fit(self):
+    # z of every row of x or of the fitted rows only, for a fit that copies
+    # its rows (under half of x) or reads all of x with the others masked.
+    x, y = _blobs(seed=7)
+    for rows in (np.arange(0, 600, 3), np.arange(600)[np.arange(600) % 5 > 0]):
+      ref = l2svm.fit_squared_hinge(x[rows], y[rows], 0.01, tol=1e-12)
+      for all_rows in (True, False):
+        spec = l2svm.row_spectrum(x, rows, all_rows=all_rows)
+        self.assertLen(spec.z, 600 if all_rows else len(rows))
+        fit = l2svm.fit_squared_hinge(x, y[rows], 0.01, rows=rows,
+                                      spectrum=spec, tol=1e-12)
+        self.assertLess(abs(fit['objective'] - ref['objective']),
+                        1e-8 * ref['objective'])
+
+  def test_full_block_scaling_is_the_inverse_hessian(self):
+    # With the exact spectrum and a block over all of it, each class's M is
+    # (I + 2 C X~^T D_k X~)^-1 for its own active rows D_k.
+    x, y = _blobs(n=200, d=12, seed=5)
+    spec = l2svm.row_spectrum(x)
+    C = 0.05  # pylint: disable=invalid-name
+    classes = np.unique(y)
+    problem = l2svm._problem(x, y, classes, C, None)  # pylint: disable=W0212
+    rng = np.random.default_rng(0)
+    active = (rng.random((200, len(classes))) < 0.4).astype(np.float32)
+    scaling = l2svm._Scaling(spec, C, active, block=64)  # pylint: disable=W0212
+    q = rng.normal(size=(13, len(classes)))
+    _, hq = problem.hessian_product(q, active)
+    np.testing.assert_allclose(scaling.apply(hq), q, rtol=1e-4, atol=1e-5)
+    # Then one conjugate-gradient step per Newton step is enough.
+    fit = l2svm.fit_squared_hinge(x, y, C, spectrum=spec, block=64)
+    self.assertLessEqual(fit['passes'], 2 * fit['iterations'] + 2)
+
+  def test_tolerance_bounds_the_objective_gap(self):
+    x, y = _blobs(n=600, d=40, seed=6)
+    for C in (1e-3, 1.0):  # pylint: disable=invalid-name
+      best = l2svm.fit_squared_hinge(x, y, C, tol=1e-14)['objective']
+      for tol in (1e-3, 1e-6):
+        fit = l2svm.fit_squared_hinge(x, y, C, tol=tol)
+        self.assertBetween((fit['objective'] - best) / best, -1e-12,
+                           10 * tol)
 
 
 class KernelBasisTest(absltest.TestCase):

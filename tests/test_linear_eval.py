@@ -195,3 +195,29 @@ def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
   assert proc.returncode != 0
   assert 'over the' in proc.stderr and '--protocol=dcgan' in proc.stderr
   assert not (featdir / 'results.json').exists()
+
+
+def test_cli_protocol_writes_each_part_and_a_report(tmp_path):
+  featdir = _make_featdir(tmp_path / 'features', n_train=40, n_test=10)
+  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
+  base = [sys.executable, '-m', 'wgan_jax.linear_eval']
+  run = lambda args: subprocess.run(base + args, capture_output=True,
+                                    text=True, env=env, cwd=tmp_path,
+                                    timeout=300, check=False)
+  proc = run([f'--features={featdir}', '--protocol=dcgan', '--subsets=2',
+              '--val_per_class=10', '--subset_per_class=10',
+              '--solver=lean'])
+  assert proc.returncode == 0, proc.stderr
+  results = json.loads((featdir / 'protocol_results.json').read_text())
+  assert results['finished']
+  assert results['all_labels']['test_accuracy'] == 1.0
+  assert len(results['per_class']['accuracies']) == 2
+  assert 'Wrote' in proc.stderr  # After each part, and at the end.
+  table = (featdir / 'protocol_results.md').read_text()
+  assert table.splitlines()[-1].startswith('| features (features) | 6 | 120 |')
+  # Several evaluated folders in one table; a folder not evaluated is named.
+  proc = run([f'--report={featdir},{featdir}', f'--out={tmp_path}/r.md'])
+  assert proc.returncode == 0, proc.stderr
+  assert len((tmp_path / 'r.md').read_text().splitlines()) == 4
+  proc = run([f'--report={tmp_path}'])
+  assert proc.returncode != 0 and 'No protocol results' in proc.stderr

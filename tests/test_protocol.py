@@ -7,6 +7,9 @@ import numpy as np
 
 from wgan_jax import protocol
 
+# select_c's validation (features, labels), unused by the stand-in scorers.
+_NO_VAL = (None, None)
+
 
 def _data(n=800, d=30, k=4, seed=0):
   centers = np.random.default_rng(0).normal(size=(k, d))
@@ -40,7 +43,7 @@ class ProtocolTest(absltest.TestCase):
     self.enter_context(absltest.mock.patch.object(protocol, '_fit', fake_fit))
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']))))
-    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, _NO_VAL, 'lean',
                                         grid=(1e-3, 1e-2))
     self.assertAlmostEqual(best, 1.0)
     np.testing.assert_allclose(sorted(scores), [1e-3, 1e-2, 1e-1, 1, 10])
@@ -49,7 +52,7 @@ class ProtocolTest(absltest.TestCase):
     fits.clear()
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: 0.5))
-    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, _NO_VAL, 'lean',
                                         grid=(1e-3, 1e-2))
     self.assertEqual((best, len(scores)), (1e-3, 2))
 
@@ -68,13 +71,13 @@ class ProtocolTest(absltest.TestCase):
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']) + 3)))
     grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, _NO_VAL, 'lean',
                                            grid=grid, patience=2)
     self.assertAlmostEqual(best, 1e-3)
     np.testing.assert_allclose(fits, grid[:4])
     self.assertLen(scores, 4)
     fits.clear()
-    best, scores, _, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, scores, _, _ = protocol.select_c(None, None, None, _NO_VAL, 'lean',
                                            grid=grid, patience=None)
     self.assertAlmostEqual(best, 1e-3)
     np.testing.assert_allclose(fits, grid)
@@ -82,7 +85,7 @@ class ProtocolTest(absltest.TestCase):
     fits.clear()
     self.enter_context(absltest.mock.patch.object(
         protocol, '_accuracy', lambda fit, *a: -abs(np.log10(fit['C']) + 5)))
-    best, _, _, _ = protocol.select_c(None, None, None, None, 'lean',
+    best, _, _, _ = protocol.select_c(None, None, None, _NO_VAL, 'lean',
                                       grid=grid, patience=2)
     self.assertAlmostEqual(best, 1e-5)
     np.testing.assert_allclose(fits, [1e-4, 1e-3, 1e-2, 1e-5, 1e-6])
@@ -98,22 +101,30 @@ class ProtocolTest(absltest.TestCase):
     self.assertEqual(a['rows'], 1200)
     self.assertLen(p['accuracies'], 3)
     self.assertAlmostEqual(p['mean'], np.mean(p['accuracies']))
-    table = protocol.markdown_table(results, 'test')
-    self.assertIn('| test | 30 |', table)
+    table = protocol.markdown_table([('test', results), ('again', results)])
+    self.assertLen(table.splitlines(), 4)
+    self.assertIn('| test | 30 | 1,200 |', table)
+    self.assertIn('| again | 30 | 1,200 |', table)
 
   def test_one_part_alone(self):
     x, y = _data(n=1200)
     tx, ty = _data(n=400, seed=1)
     kwargs = dict(val_per_class=50, subset_per_class=40, num_subsets=2,
                   grid=(1e-3, 1e-2))
-    both = protocol.run(x, y, tx, ty, **kwargs)
+    saved = []
+    both = protocol.run(x, y, tx, ty, on_part=lambda r: saved.append(
+        sorted(r)), **kwargs)
+    # What is done is handed over after each part, for the caller to save.
+    self.assertIn('all_labels', saved[0])
+    self.assertNotIn('per_class', saved[0])
+    self.assertIn('per_class', saved[1])
     alone = protocol.run(x, y, tx, ty, parts=('per_class',), **kwargs)
     self.assertNotIn('all_labels', alone)
     # The same validation split and subsets: the same numbers.
     self.assertEqual(alone['per_class']['accuracies'],
                      both['per_class']['accuracies'])
-    row = protocol.markdown_table(alone, 'test').splitlines()[-1]
-    self.assertTrue(row.startswith('| test | 30 | - | - | '), row)
+    row = protocol.markdown_table([('test', alone)]).splitlines()[-1]
+    self.assertTrue(row.startswith('| test | 30 | 1,200 | - | - | '), row)
     with self.assertRaisesRegex(ValueError, 'Unknown protocol parts'):
       protocol.run(x, y, tx, ty, parts=('subsets',), **kwargs)
 

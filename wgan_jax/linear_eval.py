@@ -5,6 +5,9 @@ Usage:
   python -m wgan_jax.linear_eval --features=FEATDIR \
       [--train_per_class=K] [--C=0.01] [--seed=0] [--max_iter=2000] \
       [--out=PATH]
+  python -m wgan_jax.linear_eval --features=FEATDIR --protocol=dcgan \
+      [--parts=both|all_labels|per_class] [--solver=auto|lean|liblinear]
+  python -m wgan_jax.linear_eval --report=FEATDIR1,FEATDIR2,... [--out=MD]
 
 FEATDIR is written by `python -m wgan_jax.export`. Flags are spelled with
 underscores, as absl requires; the dashed spellings (`--train-per-class`,
@@ -211,6 +214,12 @@ def _define_flags() -> None:
       'labels and seeded 400-per-class subsets (see wgan_jax/protocol.py).')
   flags.DEFINE_integer('subsets', 10, 'dcgan: number of 400-per-class draws.',
                        lower_bound=1)
+  flags.DEFINE_integer('subset_per_class', 400,
+                       'dcgan: rows per class of each limited-label draw.',
+                       lower_bound=1)
+  flags.DEFINE_integer('val_per_class', 500,
+                       'dcgan: rows per class of the validation split that '
+                       'chooses C.', lower_bound=1)
   flags.DEFINE_enum(
       'parts', 'both', ['both', *protocol.PARTS],
       'dcgan: run both parts, or only all_labels or per_class (the '
@@ -228,7 +237,11 @@ def _define_flags() -> None:
                      'LinearSVC runs only where its estimated peak memory '
                      'fits: dcgan takes the lean solver elsewhere, single '
                      'refuses.')
-  flags.mark_flag_as_required('features')
+  flags.DEFINE_list(
+      'report', None,
+      'Instead of evaluating: one markdown table of the dcgan protocol '
+      'results of these feature folders (or results files), written to '
+      '--out if given.')
 
 
 def _undash_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -276,6 +289,15 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   flag_values = flags.FLAGS
+  if flag_values.report:
+    if flag_values.features:
+      raise app.UsageError('Give --features (to evaluate) or --report (to '
+                           'tabulate evaluated folders), not both.')
+    _write_report(flag_values.report, flag_values.out)
+    return
+  if not flag_values.features:
+    raise app.UsageError('--features is required: a folder written by '
+                         '`python -m wgan_jax.export`.')
   if flag_values.protocol == 'dcgan':
     _run_dcgan_protocol(flag_values)
     return
@@ -293,31 +315,79 @@ def main(argv: Sequence[str]) -> None:
   print(summary_line(results), flush=True)
 
 
+def _feature_set_name(results: dict[str, Any], path: str) -> str:
+  """'folder (source, step N)' for a protocol results file at path."""
+  layout = results.get('layout', {})
+  name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+  what = layout.get('source', 'features')
+  if layout.get('step') is not None:
+    what += f', step {layout["step"]}'
+  return f'{name} ({what})'
+
+
 def _run_dcgan_protocol(flag_values) -> None:
-  """The full protocol; writes protocol_results.json and .md."""
+  """The full protocol; writes protocol_results.json and .md.
+
+  The JSON is written after each part (with `finished` false until the
+  last), so an interrupted run keeps the parts it finished.
+  """
   features_dir = flag_values.features
   _check_features_dir(features_dir)
   train_x, train_y = _load_split(features_dir, 'train')
   test_x, test_y = _load_split(features_dir, 'test')
   layout = _read_layout(features_dir)
+  out = flag_values.out or os.path.join(features_dir, PROTOCOL_FILENAME)
+  extra = dict(layout=layout, protocol='dcgan',
+               features_dir=os.path.abspath(features_dir),
+               sklearn_version=sklearn.__version__)
+
+  def save(results, finished=False):
+    fileio.atomic_write_json(out, dict(results, **extra, finished=finished))
+    logging.info('Wrote %s', out)
+
   results = protocol.run(train_x, train_y, test_x, test_y,
+                         val_per_class=flag_values.val_per_class,
+                         subset_per_class=flag_values.subset_per_class,
                          num_subsets=flag_values.subsets,
                          seed=flag_values.seed,
                          memory_budget_gib=flag_values.memory_budget_gib,
                          solver=flag_values.solver,
                          patience=flag_values.patience or None,
                          parts=(protocol.PARTS if flag_values.parts == 'both'
-                                else (flag_values.parts,)))
-  results.update(layout=layout, protocol='dcgan',
-                 features_dir=os.path.abspath(features_dir),
-                 sklearn_version=sklearn.__version__)
-  out = flag_values.out or os.path.join(features_dir, PROTOCOL_FILENAME)
-  fileio.atomic_write_json(out, results)
-  name = layout.get('source', 'features')
-  if layout.get('step') is not None:
-    name += f' (step {layout["step"]})'
-  table = protocol.markdown_table(results, name)
+                                else (flag_values.parts,)),
+                         on_part=save)
+  save(results, finished=True)
+  results.update(extra)
+  table = protocol.markdown_table([(_feature_set_name(results, out),
+                                    results)])
   fileio.atomic_write_text(os.path.splitext(out)[0] + '.md', table + '\n')
+  print(table, flush=True)
+
+
+def _write_report(paths: Sequence[str], out: str | None) -> None:
+  """One markdown table of the protocol results of several feature sets.
+
+  Args:
+    paths: feature folders (their protocol_results.json) or results files.
+    out: where to write the table too (stdout only when None).
+  """
+  named = []
+  for path in paths:
+    if os.path.isdir(path):
+      path = os.path.join(path, PROTOCOL_FILENAME)
+    if not os.path.isfile(path):
+      raise app.UsageError(
+          f'No protocol results at {path}: run `python -m '
+          'wgan_jax.linear_eval --features=FOLDER --protocol=dcgan` first.')
+    with open(path, encoding='utf-8') as f:
+      results = json.load(f)
+    name = _feature_set_name(results, path)
+    if not results.get('finished', True):
+      name += ' (unfinished)'
+    named.append((name, results))
+  table = protocol.markdown_table(named)
+  if out:
+    fileio.atomic_write_text(out, table + '\n')
   print(table, flush=True)
 
 

@@ -94,16 +94,17 @@ def _fit(x, y, rows, C, solver, init=None,  # pylint: disable=invalid-name
   return fit, time.perf_counter() - start
 
 
-def _accuracy(fit, x, y, rows=None) -> float:
-  xs = x if rows is None else x[rows]
-  ys = y if rows is None else y[rows]
-  pred = l2svm.predict(xs, fit['classes'], fit['coef'], fit['intercept'])
-  return float(np.mean(pred == ys))
+def _accuracy(fit, x, y) -> float:
+  pred = l2svm.predict(x, fit['classes'], fit['coef'], fit['intercept'])
+  return float(np.mean(pred == y))
 
 
-def select_c(x, y, train_rows, val_rows, solver, grid=DCGAN_GRID,
+def select_c(x, y, train_rows, val, solver, grid=DCGAN_GRID,
              basis=None, spectrum=None, patience=PATIENCE):
-  """Fits each C of the grid on train_rows and scores it on val_rows.
+  """Fits each C of the grid on train_rows and scores it on val.
+
+  `val` is (features, labels) of the validation rows, gathered once by the
+  caller: every C and every subset is scored on them.
 
   The grid grows by its own step past an edge while the best C is there.
   C goes up: once `patience` values in a row above the best so far have
@@ -135,7 +136,7 @@ def select_c(x, y, train_rows, val_rows, solver, grid=DCGAN_GRID,
                     spectrum=spectrum)
       init = fit['theta']
       seconds += t
-      scores[C], fits[C] = _accuracy(fit, x, y, val_rows), fit
+      scores[C], fits[C] = _accuracy(fit, *val), fit
       logging.info('C=%g: validation accuracy %.4f (%s, %.1f s)', C,
                    scores[C], solver, t)
     cs = sorted(scores)
@@ -178,12 +179,13 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
         subset_per_class=400, num_subsets=10, seed=0,
         memory_budget_gib=16.0, grid=DCGAN_GRID,
         solver='auto', parts=PARTS,
-        patience=PATIENCE) -> dict[str, Any]:
+        patience=PATIENCE, on_part=None) -> dict[str, Any]:
   """Runs the protocol's parts; returns a JSON-serialisable dict.
 
   `parts` names which of 'all_labels' and 'per_class' to run; both by
   default. The validation split is the same either way. `patience` is
-  `select_c`'s (None: every C of the grid).
+  `select_c`'s (None: every C of the grid). `on_part(results)` is called
+  after each part, so that a caller can save what is done so far.
   """
   unknown = set(parts) - set(PARTS)
   if unknown or not parts:
@@ -205,19 +207,28 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
   results = dict(feature_dim=int(d), n_train=int(n), n_test=len(test_y),
                  val_rows=len(val_rows), grid=list(grid),
                  patience=patience)
+  # One gather of the validation rows from the memory map, not one per C.
+  val = (np.asarray(train_x[val_rows], np.float32), train_y[val_rows])
   if 'all_labels' in parts:
     results['all_labels'] = _all_labels(train_x, train_y, test_x, test_y,
-                                        val_rows, rest, budget, grid, solver,
+                                        val, rest, budget, grid, solver,
                                         patience)
+    logging.info('all labels: test accuracy %.4f at C=%g',
+                 results['all_labels']['test_accuracy'],
+                 results['all_labels']['C'])
+    if on_part:
+      on_part(results)
   if 'per_class' in parts:
     results['per_class'] = _per_class(train_x, train_y, test_x, test_y,
-                                      val_rows, rest, budget, grid, solver,
+                                      val, rest, budget, grid, solver,
                                       subset_per_class, num_subsets, seed,
                                       patience)
+    if on_part:
+      on_part(results)
   return results
 
 
-def _all_labels(train_x, train_y, test_x, test_y, val_rows, rest, budget,
+def _all_labels(train_x, train_y, test_x, test_y, val, rest, budget,
                 grid, solver, patience):
   """C on the validation rows, then a refit on every train row."""
   n = train_x.shape[0]
@@ -229,7 +240,7 @@ def _all_labels(train_x, train_y, test_x, test_y, val_rows, rest, budget,
   spectrum = (l2svm.row_spectrum(train_x, rest)
               if basis is None and solver_c == 'lean' else None)
   best, scores, sweep_seconds, best_fit = select_c(
-      train_x, train_y, rest, val_rows, solver_c, grid, basis, spectrum,
+      train_x, train_y, rest, val, solver_c, grid, basis, spectrum,
       patience)
   del basis
   every = np.arange(n)
@@ -249,7 +260,7 @@ def _all_labels(train_x, train_y, test_x, test_y, val_rows, rest, budget,
       converged=fit['converged'], peak_rss_mib=fileio.peak_rss_mib())
 
 
-def _per_class(train_x, train_y, test_x, test_y, val_rows, rest, budget,
+def _per_class(train_x, train_y, test_x, test_y, val, rest, budget,
                grid, solver, subset_per_class, num_subsets, seed, patience):
   """Seeded class-balanced subsets, C chosen on validation for each."""
   accs, chosen = [], []
@@ -259,9 +270,9 @@ def _per_class(train_x, train_y, test_x, test_y, val_rows, rest, budget,
                                      seed + 1 + s)]
     basis, solver_sub, why_sub = _plan(train_x, sub, budget, solver)
     # Once per subset, not once per C.
-    spectrum = (l2svm.row_spectrum(train_x, sub)
+    spectrum = (l2svm.row_spectrum(train_x, sub, all_rows=False)
                 if basis is None and solver_sub == 'lean' else None)
-    c, _, t, fit = select_c(train_x, train_y, sub, val_rows, solver_sub,
+    c, _, t, fit = select_c(train_x, train_y, sub, val, solver_sub,
                             grid, basis, spectrum, patience)
     accs.append(_accuracy(fit, test_x, test_y))
     chosen.append(c)
@@ -275,37 +286,46 @@ def _per_class(train_x, train_y, test_x, test_y, val_rows, rest, budget,
       seconds=time.perf_counter() - start, peak_rss_mib=fileio.peak_rss_mib())
 
 
-def markdown_table(results: dict[str, Any], name: str = 'features') -> str:
-  """The protocol's results as one markdown table row, with its header.
+def markdown_table(named_results) -> str:
+  """The protocol's results as a markdown table, one row per feature set.
 
-  A part the run left out (`run(parts=...)`) shows as '-'.
+  Args:
+    named_results: (name, results of `run`) pairs. A part a run left out
+      (`run(parts=...)`) shows as '-'.
+
+  Returns:
+    The table, header included, without a final newline.
   """
-  a, p = results.get('all_labels'), results.get('per_class')
-  export = results.get('layout', {}).get('splits', {})
-  rates = [v['images_per_sec'] for v in export.values()
-           if 'images_per_sec' in v]
-  rate = f'{np.mean(rates):.0f}' if rates else '-'
-  cells = dict(all='-', c='-', sub='-', cs='-', solver_all='-',
-               solver_sub='-', time_all='-', time_sub='-')
-  if a:
-    cells.update(all=f'{100 * a["test_accuracy"]:.2f}%', c=f'{a["C"]:g}',
-                 solver_all=a['solver'], time_all=f'{a["seconds"]:.0f} s')
-  if p:
-    cells.update(
-        sub=f'{100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% '
-        f'({p["subsets"]})', cs=', '.join(f'{c:g}' for c in sorted(set(
-            p['C']))), solver_sub=p['solver'], time_sub=f'{p["seconds"]:.0f} s')
-  rss = max(part['peak_rss_mib'] for part in (a, p) if part) / 1024
-  return '\n'.join([
-      '| features | dims | all labels | C | 400 per class, mean +- std (n) '
-      '| C chosen | solver (all / 400) | fit time (all / 400) | export img/s '
-      '| peak RSS |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-      f'| {name} | {results["feature_dim"]} | {cells["all"]} | {cells["c"]} '
-      f'| {cells["sub"]} | {cells["cs"]} | {cells["solver_all"]} / '
-      f'{cells["solver_sub"]} | {cells["time_all"]} / {cells["time_sub"]} '
-      f'| {rate} | {rss:.1f} GiB |',
-  ])
+  lines = [
+      '| features | dims | train rows | all labels | C | 400 per class, '
+      'mean +- std (n) | C chosen | solver (all / 400) | fit time (all / '
+      '400) | export img/s | peak RSS |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  for name, results in named_results:
+    a, p = results.get('all_labels'), results.get('per_class')
+    export = results.get('layout', {}).get('splits', {})
+    rates = [v['images_per_sec'] for v in export.values()
+             if 'images_per_sec' in v]
+    rate = f'{np.mean(rates):.0f}' if rates else '-'
+    cells = dict(all='-', c='-', sub='-', cs='-', solver_all='-',
+                 solver_sub='-', time_all='-', time_sub='-')
+    if a:
+      cells.update(all=f'{100 * a["test_accuracy"]:.2f}%', c=f'{a["C"]:g}',
+                   solver_all=a['solver'], time_all=f'{a["seconds"]:.0f} s')
+    if p:
+      cells.update(
+          sub=f'{100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% '
+          f'({p["subsets"]})', cs=', '.join(f'{c:g}' for c in sorted(set(
+              p['C']))), solver_sub=p['solver'],
+          time_sub=f'{p["seconds"]:.0f} s')
+    rss = max(part['peak_rss_mib'] for part in (a, p) if part) / 1024
+    lines.append(
+        f'| {name} | {results["feature_dim"]:,} | {results["n_train"]:,} '
+        f'| {cells["all"]} | {cells["c"]} | {cells["sub"]} | {cells["cs"]} '
+        f'| {cells["solver_all"]} / {cells["solver_sub"]} '
+        f'| {cells["time_all"]} / {cells["time_sub"]} | {rate} '
+        f'| {rss:.1f} GiB |')
+  return '\n'.join(lines)
 
 
 def compare_solvers(features_dir: str, C: float,  # pylint: disable=C0103
@@ -365,7 +385,7 @@ def time_sweep_fit(features_dir: str, C: float,  # pylint: disable=C0103
               spectrum_seconds=spectrum_seconds, seconds=fit['seconds'],
               passes=fit['passes'], iterations=fit['iterations'],
               objective=fit['objective'], converged=fit['converged'],
-              val_accuracy=_accuracy(fit, x, y, val_rows),
+              val_accuracy=_accuracy(fit, x[val_rows], y[val_rows]),
               peak_rss_mib=fileio.peak_rss_mib())
 
 
