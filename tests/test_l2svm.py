@@ -92,6 +92,10 @@ class LeanSolverTest(absltest.TestCase):
     np.testing.assert_allclose(spec.lam, np.linalg.eigvalsh(xt @ xt.T)[::-1],
                                rtol=1e-4)
     self.assertLess(spec.tail_energy.max(), 1e-4 * spec.lam.max())
+    # The exact spectrum leaves nothing outside it.
+    exact = l2svm.row_spectrum(x[:40])
+    np.testing.assert_array_equal(exact.tail_energy, 0.0)
+    np.testing.assert_allclose(exact.lam[:40], spec.lam, rtol=1e-4)
 
   def test_any_preconditioner_reaches_the_same_optimum(self):
     x, y = _blobs(n=500, d=60, seed=4)

@@ -396,10 +396,11 @@ def row_spectrum(x, rows=None, *, intercept: bool = True,
     keep = lam > 1e-10 * lam[-1]
     lam, v = lam[keep][::-1], v[:, keep][:, ::-1].astype(np.float32)
     z = np.empty((len(every), v.shape[1]), np.float32)
-    energy = np.empty((len(every),))
     for lo, hi, xc in _rows_in_chunks(x, every, intercept, p, wide):
       z[lo:hi] = xc @ v
-      energy[lo:hi] = np.einsum('ij,ij->i', xc, xc, dtype=np.float64)
+    # What v leaves is the directions dropped above, next to nothing: 0
+    # rather than the float32 rounding of ||x~||^2 - ||z||^2.
+    tail_energy = np.zeros((len(every),))
   else:
     picked = rows
     if len(rows) > sample:
@@ -430,8 +431,8 @@ def row_spectrum(x, rows=None, *, intercept: bool = True,
     lam, u = lam[keep], u[:, keep].astype(np.float32)
     v, z = q @ u, xq @ u
     del xq
-  tail_energy = np.maximum(
-      energy - np.einsum('ij,ij->i', z, z, dtype=np.float64), 0.0)
+    tail_energy = np.maximum(
+        energy - np.einsum('ij,ij->i', z, z, dtype=np.float64), 0.0)
   logging.info('preconditioner: %d directions (top eigenvalue %.4g, '
                'smallest kept %.4g, mean of the rest %.4g) in %.1f s',
                len(lam), lam[0], lam[-1],
