@@ -172,7 +172,7 @@ def _plan(x, rows, budget, solver='auto'):
   if solver == 'liblinear' and n * (dims + 2) > l2svm.LIBLINEAR_MAX_ENTRIES:
     raise ValueError(f'LinearSVC cannot fit {n:,} x {dims:,}: {why}. Use '
                      '--solver=lean or --solver=auto.')
-  return basis, solver, f'asked for ({why})'
+  return basis, solver, f'--solver={solver}; auto would take {chosen}: {why}'
 
 
 def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
