@@ -129,6 +129,41 @@ class ExportTest(absltest.TestCase):
         export.export(out, 'pixels', splits=('train[:10]', 'train[10:20]'))
       self.assertFalse(os.path.exists(out))  # Refused before any write.
 
+  def test_an_export_in_the_folder_is_refused_or_replaced_whole(self):
+    with tempfile.TemporaryDirectory() as out:
+      export.export(out, 'pixels', splits=['test[:5]'], batch_size=5)
+      results = os.path.join(out, 'protocol_results.json')
+      with open(results, 'w') as f:
+        f.write('{}')
+      with self.assertRaisesRegex(FileExistsError, '--overwrite'):
+        export.export(out, 'pixels', splits=['test[:3]'], batch_size=5)
+      self.assertTrue(os.path.exists(results))  # Nothing lost.
+      self.assertEqual(np.load(os.path.join(out, 'test_features.npy')).shape,
+                       (5, 3072))
+      export.export(out, 'pixels', splits=['test[:3]'], batch_size=5,
+                    overwrite=True)
+      # The results described the old features: they go with them.
+      self.assertFalse(os.path.exists(results))
+      self.assertEqual(np.load(os.path.join(out, 'test_features.npy')).shape,
+                       (3, 3072))
+
+  def test_an_interrupted_export_leaves_no_layout_and_no_partial_file(self):
+    with tempfile.TemporaryDirectory() as out:
+      export.export(out, 'pixels', splits=['test[:5]'], batch_size=5)
+
+      def interrupted(*args, **kwargs):
+        del args, kwargs
+        raise KeyboardInterrupt
+
+      with absltest.mock.patch.object(input_pipeline, 'as_numpy_iterator',
+                                      interrupted):
+        with self.assertRaises(KeyboardInterrupt):
+          export.export(out, 'pixels', splits=['test[:5]'], batch_size=5,
+                        overwrite=True)
+      # Without layout.json linear_eval refuses the folder, rather than
+      # scoring one split of the old export with one of the new.
+      self.assertEqual(os.listdir(out), [])
+
 
 if __name__ == '__main__':
   absltest.main()

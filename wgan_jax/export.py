@@ -18,6 +18,7 @@ full batches of each batch's mean and variance (`--bn_stats=recompute`); or
 with the running averages from training (`--bn_stats=running`).
 """
 
+import glob
 import os
 import time
 
@@ -53,6 +54,15 @@ _BN_STATS = flags.DEFINE_enum(
     '(DCGAN), or use the running averages from training.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir; TFDS_DATA_DIR if unset.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Replace an export (and its results) already in '
+    '--out; without it such a folder is refused.')
+
+# What an export writes, and the results computed from it (linear_eval's
+# results.json, protocol_results.json and .md): a new export into the same
+# folder makes every one of them stale.
+_EXPORT_PATTERNS = ('layout.json', '*_features.npy', '*_labels.npy',
+                    '*results.json', '*results.md')
 
 
 def load_critic_variables(workdir: str | None, source: str,
@@ -153,6 +163,27 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
   tmp = final + '.partial'
   feats = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
                                     shape=(n, dim))
+  try:
+    labels, seconds = _write_rows(feature_fn, feats, n, split, dataset,
+                                  batch_size, data_dir)
+  except BaseException:
+    # An interrupted export leaves no half-written file (5.7 GB for the
+    # default critic's train split) behind.
+    del feats
+    os.remove(tmp)
+    raise
+  feats.flush()
+  del feats
+  os.replace(tmp, final)
+  fileio.atomic_save_npy(os.path.join(out, f'{name}_labels.npy'), labels)
+  logging.info('%s: %d x %d features in %.1f s (%.0f images/s).', split, n,
+               dim, seconds, n / seconds)
+  return dict(split=split, rows=n, seconds=seconds,
+              images_per_sec=n / seconds)
+
+
+def _write_rows(feature_fn, feats, n, split, dataset, batch_size, data_dir):
+  """Fills `feats` (a memory map) row by row; returns (labels, seconds)."""
   labels = np.full((n,), -1, np.int64)
   seen = np.zeros((n,), bool)
   ds = input_pipeline.create_eval_dataset(dataset, split, batch_size,
@@ -179,21 +210,38 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
   if not seen.all():
     raise RuntimeError(f'{(~seen).sum()} of {n} {split} examples were not '
                        'exported.')
-  feats.flush()
-  del feats
-  os.replace(tmp, final)
-  fileio.atomic_save_npy(os.path.join(out, f'{name}_labels.npy'), labels)
-  logging.info('%s: %d x %d features in %.1f s (%.0f images/s).', split, n,
-               dim, seconds, n / seconds)
-  return dict(split=split, rows=n, seconds=seconds,
-              images_per_sec=n / seconds)
+  return labels, seconds
+
+
+def clear_previous_export(out: str, overwrite: bool) -> None:
+  """Refuses, or with `overwrite` removes, an export already in `out`.
+
+  Stale `.partial` files (from a killed export) always go. layout.json goes
+  first: linear_eval refuses a folder without it, so an export interrupted
+  after this point cannot be scored as a mix of old and new files.
+
+  Raises:
+    FileExistsError: if `out` holds an export or results and not overwrite.
+  """
+  def names(*patterns):
+    return sorted({os.path.basename(path) for pattern in patterns
+                   for path in glob.glob(os.path.join(glob.escape(out),
+                                                      pattern))})
+  found = names(*_EXPORT_PATTERNS)
+  if found and not overwrite:
+    raise FileExistsError(
+        f'{out} already holds an export or its results ({", ".join(found)}); '
+        'choose another --out, or pass --overwrite to replace them all.')
+  found.sort(key=lambda name: name != 'layout.json')
+  for name in found + names('*.partial'):
+    os.remove(os.path.join(out, name))
 
 
 def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
            step: int | None = None, dataset: str = 'cifar10',
            splits=('train', 'test'), batch_size: int = 500,
            data_dir: str | None = None, bn_stats: str = 'recompute',
-           config=None) -> dict:
+           config=None, overwrite: bool = False) -> dict:
   """Exports features of `splits` to `out`; returns the layout written.
 
   Args:
@@ -209,6 +257,8 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
       split or use the 'running' averages; ignored by other critics.
     config: for 'random' without a workdir, the run config whose critic to
       initialise.
+    overwrite: replace an export already in `out`, and its results (see
+      `clear_previous_export`); refused otherwise.
 
   Returns:
     The layout dict, also written to out/layout.json.
@@ -240,6 +290,7 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
                   critic_norm=critic.norm,
                   bn_stats=bn_stats if critic.norm == 'batch' else None)
     feature_fn = make_feature_fn(critic, variables, mesh)
+  clear_previous_export(out, overwrite)
   os.makedirs(out, exist_ok=True)
   layout.update(dataset=dataset, splits={})
   for name, split in zip(names, splits):
@@ -262,7 +313,7 @@ def main(argv):
                          'brings its own config.')
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
                   _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
-                  _BN_STATS.value, flags.FLAGS.config)
+                  _BN_STATS.value, flags.FLAGS.config, _OVERWRITE.value)
   print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features '
         f'(step {layout["step"]}) to {_OUT.value}; peak RSS '
         f'{layout["peak_rss_mib"]:.0f} MiB.')
