@@ -215,6 +215,16 @@ def test_cli_protocol_writes_each_part_and_a_report(tmp_path):
   assert 'Wrote' in proc.stderr  # After each part, and at the end.
   table = (featdir / 'protocol_results.md').read_text()
   assert table.splitlines()[-1].startswith('| features (features) | 6 | 120 |')
+  assert '| 10 per class, mean +- std (n) |' in table.splitlines()[0]
+  # One part again (say, after an interrupted run): the other part's
+  # results stay in the file, rather than being replaced by nothing.
+  proc = run([f'--features={featdir}', '--protocol=dcgan', '--subsets=3',
+              '--val_per_class=10', '--subset_per_class=10',
+              '--solver=lean', '--parts=per_class'])
+  assert proc.returncode == 0, proc.stderr
+  again = json.loads((featdir / 'protocol_results.json').read_text())
+  assert again['all_labels'] == results['all_labels']
+  assert len(again['per_class']['accuracies']) == 3
   # Several evaluated folders in one table; a folder not evaluated is named.
   proc = run([f'--report={featdir},{featdir}', f'--out={tmp_path}/r.md'])
   assert proc.returncode == 0, proc.stderr

@@ -105,6 +105,7 @@ class ProtocolTest(absltest.TestCase):
     self.assertLen(table.splitlines(), 4)
     self.assertIn('| test | 30 | 1,200 |', table)
     self.assertIn('| again | 30 | 1,200 |', table)
+    self.assertIn('| 40 per class, mean', table.splitlines()[0])
 
   def test_one_part_alone(self):
     x, y = _data(n=1200)

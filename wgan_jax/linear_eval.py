@@ -315,10 +315,10 @@ def main(argv: Sequence[str]) -> None:
   print(summary_line(results), flush=True)
 
 
-def _feature_set_name(results: dict[str, Any], path: str) -> str:
-  """'folder (source, step N)' for a protocol results file at path."""
+def _feature_set_name(results: dict[str, Any]) -> str:
+  """'folder (source, step N)' for protocol results: the features' folder."""
   layout = results.get('layout', {})
-  name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+  name = os.path.basename(os.path.normpath(results.get('features_dir', '?')))
   what = layout.get('source', 'features')
   if layout.get('step') is not None:
     what += f', step {layout["step"]}'
@@ -328,8 +328,9 @@ def _feature_set_name(results: dict[str, Any], path: str) -> str:
 def _run_dcgan_protocol(flag_values) -> None:
   """The full protocol; writes protocol_results.json and .md.
 
-  The JSON is written after each part (with `finished` false until the
-  last), so an interrupted run keeps the parts it finished.
+  Both are written after each part (with `finished` false until the last),
+  so an interrupted run keeps the parts it finished; `--parts` runs one
+  part and keeps the other's earlier results (see `_earlier_parts`).
   """
   features_dir = flag_values.features
   _check_features_dir(features_dir)
@@ -337,13 +338,20 @@ def _run_dcgan_protocol(flag_values) -> None:
   test_x, test_y = _load_split(features_dir, 'test')
   layout = _read_layout(features_dir)
   out = flag_values.out or os.path.join(features_dir, PROTOCOL_FILENAME)
-  extra = dict(layout=layout, protocol='dcgan',
+  parts = (protocol.PARTS if flag_values.parts == 'both'
+           else (flag_values.parts,))
+  extra = dict(_earlier_parts(out, layout, flag_values, parts),
+               layout=layout, protocol='dcgan',
                features_dir=os.path.abspath(features_dir),
                sklearn_version=sklearn.__version__)
 
   def save(results, finished=False):
-    fileio.atomic_write_json(out, dict(results, **extra, finished=finished))
-    logging.info('Wrote %s', out)
+    results = dict(results, **extra, finished=finished)
+    fileio.atomic_write_json(out, results)
+    table = protocol.markdown_table([(_feature_set_name(results), results)])
+    fileio.atomic_write_text(os.path.splitext(out)[0] + '.md', table + '\n')
+    logging.info('Wrote %s and its table', out)
+    return table
 
   results = protocol.run(train_x, train_y, test_x, test_y,
                          val_per_class=flag_values.val_per_class,
@@ -353,15 +361,34 @@ def _run_dcgan_protocol(flag_values) -> None:
                          memory_budget_gib=flag_values.memory_budget_gib,
                          solver=flag_values.solver,
                          patience=flag_values.patience or None,
-                         parts=(protocol.PARTS if flag_values.parts == 'both'
-                                else (flag_values.parts,)),
-                         on_part=save)
-  save(results, finished=True)
-  results.update(extra)
-  table = protocol.markdown_table([(_feature_set_name(results, out),
-                                    results)])
-  fileio.atomic_write_text(os.path.splitext(out)[0] + '.md', table + '\n')
-  print(table, flush=True)
+                         parts=parts, on_part=save)
+  print(save(results, finished=True), flush=True)
+
+
+def _earlier_parts(out: str, layout: dict[str, Any], flag_values,
+                   parts: Sequence[str]) -> dict[str, Any]:
+  """The other part's results in `out`, when they belong with this run.
+
+  They do when `out` came from the same export (layout), validation split
+  and seed; a run of one part then completes the file rather than replacing
+  the other part, which may have taken many minutes.
+  """
+  if len(parts) == len(protocol.PARTS) or not os.path.isfile(out):
+    return {}
+  with open(out, encoding='utf-8') as f:
+    earlier = json.load(f)
+  if (earlier.get('layout') != layout or earlier.get('seed') !=
+      flag_values.seed or earlier.get('val_per_class') !=
+      flag_values.val_per_class):
+    logging.warning('%s holds results of another export, seed or '
+                    'validation split; this run replaces them.', out)
+    return {}
+  kept = {part: earlier[part] for part in protocol.PARTS
+          if part not in parts and part in earlier}
+  if kept:
+    logging.info('Keeping the earlier %s results in %s.', ', '.join(kept),
+                 out)
+  return kept
 
 
 def _write_report(paths: Sequence[str], out: str | None) -> None:
@@ -381,7 +408,7 @@ def _write_report(paths: Sequence[str], out: str | None) -> None:
           'wgan_jax.linear_eval --features=FOLDER --protocol=dcgan` first.')
     with open(path, encoding='utf-8') as f:
       results = json.load(f)
-    name = _feature_set_name(results, path)
+    name = _feature_set_name(results)
     if not results.get('finished', True):
       name += ' (unfinished)'
     named.append((name, results))

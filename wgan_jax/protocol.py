@@ -205,8 +205,8 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
           f'{subset_per_class} per class of the subsets; export more train '
           'rows or run --parts=all_labels.')
   results = dict(feature_dim=int(d), n_train=int(n), n_test=len(test_y),
-                 val_rows=len(val_rows), grid=list(grid),
-                 patience=patience)
+                 val_rows=len(val_rows), val_per_class=val_per_class,
+                 seed=seed, grid=list(grid), patience=patience)
   # One gather of the validation rows from the memory map, not one per C.
   val = (np.asarray(train_x[val_rows], np.float32), train_y[val_rows])
   if 'all_labels' in parts:
@@ -296,10 +296,15 @@ def markdown_table(named_results) -> str:
   Returns:
     The table, header included, without a final newline.
   """
+  sizes = {r['per_class']['per_class'] for _, r in named_results
+           if r.get('per_class')}
+  # The subsets' rows per class, 400 in the DCGAN protocol; where the rows
+  # differ, each cell says its own.
+  k = str(next(iter(sizes))) if len(sizes) == 1 else 'k'
   lines = [
-      '| features | dims | train rows | all labels | C | 400 per class, '
-      'mean +- std (n) | C chosen | solver (all / 400) | fit time (all / '
-      '400) | export img/s | peak RSS |',
+      f'| features | dims | train rows | all labels | C | {k} per class, '
+      f'mean +- std (n) | C chosen | solver (all / {k}) | fit time (all / '
+      f'{k}) | export img/s | peak RSS |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for name, results in named_results:
     a, p = results.get('all_labels'), results.get('per_class')
@@ -313,11 +318,13 @@ def markdown_table(named_results) -> str:
       cells.update(all=f'{100 * a["test_accuracy"]:.2f}%', c=f'{a["C"]:g}',
                    solver_all=a['solver'], time_all=f'{a["seconds"]:.0f} s')
     if p:
+      n = str(p['subsets'])
+      if len(sizes) > 1:
+        n += f' x {p["per_class"]}'
       cells.update(
-          sub=f'{100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% '
-          f'({p["subsets"]})', cs=', '.join(f'{c:g}' for c in sorted(set(
-              p['C']))), solver_sub=p['solver'],
-          time_sub=f'{p["seconds"]:.0f} s')
+          sub=f'{100 * p["mean"]:.2f} +- {100 * p["std"]:.2f}% ({n})',
+          cs=', '.join(f'{c:g}' for c in sorted(set(p['C']))),
+          solver_sub=p['solver'], time_sub=f'{p["seconds"]:.0f} s')
     rss = max(part['peak_rss_mib'] for part in (a, p) if part) / 1024
     lines.append(
         f'| {name} | {results["feature_dim"]:,} | {results["n_train"]:,} '
