@@ -137,6 +137,16 @@ def test_row_mismatch(tmp_path):
     linear_eval.evaluate(featdir)
 
 
+def test_non_finite_features_are_refused(tmp_path):
+  featdir = _make_featdir(tmp_path / 'features')
+  features = np.load(featdir / 'train_features.npy')
+  features[7, 2] = np.nan
+  np.save(featdir / 'train_features.npy', features)
+  with pytest.raises(ValueError, match='row 7 holds NaN') as info:
+    linear_eval.evaluate(featdir)
+  assert '--overwrite' in str(info.value)
+
+
 def test_undash_flags():
   argv = ['prog', '--train-per-class=5', '--max-iter', '9', '--C=1']
   argv += ['--', '--train-per-class=1']
@@ -195,6 +205,27 @@ def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
   assert proc.returncode != 0
   assert 'over the' in proc.stderr and '--protocol=dcgan' in proc.stderr
   assert not (featdir / 'results.json').exists()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--protocol=dcgan', '--C=0.1'],
+     '--C has no effect with --protocol=dcgan'),
+    (['--solver=lean', '--subsets=3'],
+     '--subsets, --solver have no effect with --protocol=single'),
+    (['--C=-1'], '--C must be a positive number'),
+])
+def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
+                                                     message):
+  featdir = _make_featdir(tmp_path / 'features')
+  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
+  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
+             f'--features={featdir}', *flags]
+  proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert not (featdir / 'results.json').exists()
+  assert not (featdir / 'protocol_results.json').exists()
 
 
 def test_cli_protocol_writes_each_part_and_a_report(tmp_path):

@@ -134,8 +134,10 @@ class ProtocolTest(absltest.TestCase):
     tx, ty = _data(n=100, seed=1)
     self.enter_context(absltest.mock.patch.object(
         protocol, '_all_labels', lambda *a: self.fail('fitted first')))
-    with self.assertRaisesRegex(ValueError, 'fewer than the 400 per class'):
+    with self.assertRaisesRegex(ValueError, r'subset_per_class=400\)'):
       protocol.run(x, y, tx, ty, val_per_class=10)
+    with self.assertRaisesRegex(ValueError, r'val_per_class=500\)'):
+      protocol.run(x, y, tx, ty)
 
   def test_subsets_with_fewer_rows_than_dims_use_a_kernel_basis(self):
     x, y = _data(n=400, d=120)

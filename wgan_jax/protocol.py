@@ -193,6 +193,12 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
                      f'or both of {PARTS}.')
   budget = int(memory_budget_gib * 2**30)
   n, d = train_x.shape
+  counts = np.unique(train_y, return_counts=True)[1]
+  if counts.min() < val_per_class:
+    raise ValueError(
+        f'A class has only {counts.min()} train rows, fewer than the '
+        f'validation split takes (val_per_class={val_per_class}); export '
+        'more train rows or lower --val_per_class.')
   val_rows = class_balanced_subset(train_y, val_per_class, seed)
   rest = np.setdiff1d(np.arange(n), val_rows)
   if 'per_class' in parts:
@@ -202,8 +208,9 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
       raise ValueError(
           f'A class has only {counts.min()} train rows outside the '
           f'{val_per_class}-per-class validation split, fewer than the '
-          f'{subset_per_class} per class of the subsets; export more train '
-          'rows or run --parts=all_labels.')
+          f'subsets take (subset_per_class={subset_per_class}); export more '
+          'train rows, lower --subset_per_class or --val_per_class, or run '
+          '--parts=all_labels.')
   results = dict(feature_dim=int(d), n_train=int(n), n_test=len(test_y),
                  val_rows=len(val_rows), val_per_class=val_per_class,
                  seed=seed, grid=list(grid), patience=patience)
