@@ -11,6 +11,7 @@ import numpy as np
 from configs import smoke
 from wgan_jax import models
 from wgan_jax import train
+from wgan_jax import writers
 
 
 def tiny_config(**overrides):
@@ -92,6 +93,9 @@ class TrainLoopTest(absltest.TestCase):
       resumed_dir = os.path.join(tmp, 'resumed')
       half = train.train_and_evaluate(tiny_config(num_steps=2), resumed_dir)
       self.assertEqual(int(half.step), 2)
+      # As if that run had logged step 3 and crashed before its checkpoint.
+      with open(os.path.join(resumed_dir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'step': 3, 'gen_loss': 0.0}) + '\n')
       resumed = train.train_and_evaluate(tiny_config(num_steps=4), resumed_dir)
       self.assertEqual(int(resumed.step), 4)
       for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
@@ -101,6 +105,10 @@ class TrainLoopTest(absltest.TestCase):
                    'samples/step_0000004.png'):
         self.assertTrue(os.path.exists(os.path.join(resumed_dir, name)), name)
       self.assertTrue(os.listdir(os.path.join(resumed_dir, 'tensorboard')))
+      steps = [[r['step'] for r in writers.read_metrics(
+          os.path.join(tmp, run, 'metrics.jsonl'))]
+               for run in ('straight', 'resumed')]
+      self.assertEqual(steps[0], steps[1])
 
   def test_other_architecture_in_workdir_is_refused(self):
     with tempfile.TemporaryDirectory() as tmp:

@@ -90,6 +90,22 @@ def test_metric_writer_appends_across_restarts(tmp_path):
   assert [r['step'] for r in records] == [1, 2]
 
 
+def test_metric_writer_drops_records_past_the_start_step(tmp_path):
+  with writers.MetricWriter(tmp_path) as writer:
+    for step in (1, 2, 3, 4):
+      writer.write_scalars(step, {'gen_loss': float(step)})
+  # A resume from the checkpoint at step 2 logs steps 3 and 4 again.
+  with writers.MetricWriter(tmp_path, start_step=2) as writer:
+    writer.write_scalars(3, {'gen_loss': 30.0})
+  records = writers.read_metrics(tmp_path / 'metrics.jsonl')
+  assert records == [{'step': 1, 'gen_loss': 1.0},
+                     {'step': 2, 'gen_loss': 2.0},
+                     {'step': 3, 'gen_loss': 30.0}]
+  # A start from scratch keeps nothing of a run that never checkpointed.
+  writers.MetricWriter(tmp_path, start_step=0).close()
+  assert writers.read_metrics(tmp_path / 'metrics.jsonl') == []
+
+
 def test_disabled_writer_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   writer = writers.MetricWriter(workdir, enabled=False)

@@ -400,7 +400,7 @@ def train_and_evaluate(
   # ---- Step, writers ----
   train_step = jit_train_step(make_train_step(config, gen, critic), mesh)
   sample = make_sampler(config, gen)
-  writer = writers.MetricWriter(workdir, enabled=is_main)
+  writer = writers.MetricWriter(workdir, enabled=is_main, start_step=start)
   real = next_real()
   t0 = time.perf_counter()
   compiled = train_step.lower(state, real).compile()
@@ -460,9 +460,6 @@ def train_and_evaluate(
   writer.close()
   if is_main:
     records = writers.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-    # A run resumed after a crash logged some steps twice; keep the latest.
-    records = sorted({r['step']: r for r in records}.values(),
-                     key=lambda r: r['step'])
     if records:
       writers.plot_losses(records, os.path.join(workdir, 'losses.png'))
   logging.info('Done at step %d; peak RSS %.0f MiB.', int(state.step),

@@ -49,12 +49,17 @@ class MetricWriter:
   this module stays cheap.
   """
 
-  def __init__(self, workdir: str | os.PathLike[str], enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike[str], enabled: bool = True,
+               start_step: int | None = None):
     """Opens the metric files under `workdir`, creating it if needed.
 
     Args:
       workdir: directory of the training run.
       enabled: whether this process writes anything at all.
+      start_step: the step a (re)started run begins at. Records of later
+        steps already in metrics.jsonl are dropped first: they come from a
+        run that stopped after its last checkpoint, and this one logs those
+        steps again. None keeps every record.
     """
     self._enabled = enabled
     self._jsonl = None
@@ -64,6 +69,8 @@ class MetricWriter:
       return
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    if start_step is not None:
+      _drop_records_after(os.path.join(workdir, METRICS_FILENAME), start_step)
     self._jsonl = open(
         os.path.join(workdir, METRICS_FILENAME), 'a', encoding='utf-8'
     )
@@ -159,6 +166,21 @@ class MetricWriter:
 
   def __exit__(self, *exc_info: Any) -> None:
     self.close()
+
+
+def _drop_records_after(jsonl_path: str, step: int) -> None:
+  """Rewrites metrics.jsonl (atomically) without the records past `step`."""
+  if not os.path.exists(jsonl_path):
+    return
+  records = read_metrics(jsonl_path)
+  kept = [r for r in records if r['step'] <= step]
+  if len(kept) == len(records):
+    return
+  logging.info('Dropping %d records past step %d from %s (logged after the '
+               'last checkpoint; this run logs them again).',
+               len(records) - len(kept), step, jsonl_path)
+  fileio.atomic_write_text(
+      jsonl_path, ''.join(json.dumps(r) + '\n' for r in kept))
 
 
 def read_metrics(jsonl_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
