@@ -164,6 +164,14 @@ class ExportTest(absltest.TestCase):
       # scoring one split of the old export with one of the new.
       self.assertEqual(os.listdir(out), [])
 
+  def test_a_failed_export_removes_the_folder_it_made(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, 'new', 'f')
+      with self.assertRaisesRegex(Exception, 'no_such_dataset'):
+        export.export(out, 'pixels', dataset='no_such_dataset',
+                      splits=['test[:5]'])
+      self.assertFalse(os.path.exists(out))
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -291,12 +291,20 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
                   bn_stats=bn_stats if critic.norm == 'batch' else None)
     feature_fn = make_feature_fn(critic, variables, mesh)
   clear_previous_export(out, overwrite)
+  created = not os.path.isdir(out)
   os.makedirs(out, exist_ok=True)
   layout.update(dataset=dataset, splits={})
-  for name, split in zip(names, splits):
-    layout['splits'][name] = export_split(
-        feature_fn, layout['total_dim'], split, out, dataset, batch_size,
-        data_dir)
+  try:
+    for name, split in zip(names, splits):
+      layout['splits'][name] = export_split(
+          feature_fn, layout['total_dim'], split, out, dataset, batch_size,
+          data_dir)
+  except BaseException:
+    # A folder this call made and filled with nothing (e.g. the dataset is
+    # missing) would only block the next try's path.
+    if created and not os.listdir(out):
+      os.rmdir(out)
+    raise
   layout['peak_rss_mib'] = fileio.peak_rss_mib()
   fileio.atomic_write_json(os.path.join(out, 'layout.json'), layout)
   return layout
@@ -314,8 +322,9 @@ def main(argv):
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
                   _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
                   _BN_STATS.value, flags.FLAGS.config, _OVERWRITE.value)
-  print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features '
-        f'(step {layout["step"]}) to {_OUT.value}; peak RSS '
+  step = '' if layout['step'] is None else f' (step {layout["step"]})'
+  print(f'Wrote {layout["total_dim"]}-dim {layout["source"]} features'
+        f'{step} to {_OUT.value}; peak RSS '
         f'{layout["peak_rss_mib"]:.0f} MiB.')
 
 
