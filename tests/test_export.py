@@ -128,6 +128,10 @@ class ExportTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError, 'train more than once'):
         export.export(out, 'pixels', splits=('train[:10]', 'train[10:20]'))
       self.assertFalse(os.path.exists(out))  # Refused before any write.
+      with self.assertRaisesRegex(ValueError, 'combines the splits test, '
+                                  'train'):
+        export.export(out, 'pixels', splits=('train[:10]+test[:10]', 'test'))
+      self.assertFalse(os.path.exists(out))
 
   def test_an_export_in_the_folder_is_refused_or_replaced_whole(self):
     with tempfile.TemporaryDirectory() as out:

@@ -136,8 +136,12 @@ class ProtocolTest(absltest.TestCase):
         protocol, '_all_labels', lambda *a: self.fail('fitted first')))
     with self.assertRaisesRegex(ValueError, r'subset_per_class=400\)'):
       protocol.run(x, y, tx, ty, val_per_class=10)
-    with self.assertRaisesRegex(ValueError, r'val_per_class=500\)'):
+    with self.assertRaisesRegex(ValueError, 'val_per_class=500 of each'):
       protocol.run(x, y, tx, ty)
+    # 75 rows a class: a validation split of 75 would leave a class with
+    # nothing to fit on, even for the all-labels part alone.
+    with self.assertRaisesRegex(ValueError, 'val_per_class=75 of each'):
+      protocol.run(x, y, tx, ty, val_per_class=75, parts=('all_labels',))
 
   def test_subsets_with_fewer_rows_than_dims_use_a_kernel_basis(self):
     x, y = _data(n=400, d=120)

@@ -1,14 +1,17 @@
 """Tests for the train step, the loop, resume and the config checks."""
 
 import json
+import logging as std_logging
 import os
 import tempfile
 
+from absl import logging as absl_logging
 from absl.testing import absltest
 import jax
 import numpy as np
 
 from configs import smoke
+from wgan_jax import checkpoints
 from wgan_jax import models
 from wgan_jax import train
 from wgan_jax import writers
@@ -147,6 +150,23 @@ class TrainLoopTest(absltest.TestCase):
       config = tiny_config(num_steps=2, gp_weight=float('nan'))
       with self.assertRaisesRegex(FloatingPointError, 'between steps 1 and 1'):
         train.train_and_evaluate(config, tmp)
+
+  def test_orbax_info_is_hidden_and_its_warnings_are_not(self):
+    checkpoints.quiet_orbax_info()
+    checkpoints.quiet_orbax_info()  # Twice adds one filter.
+    handler = absl_logging.get_absl_handler()
+    self.assertLen([f for f in handler.filters
+                    if isinstance(f, checkpoints._DropOrbaxInfo)], 1)
+
+    def shown(level, path):
+      return bool(handler.filter(std_logging.LogRecord(
+          'absl', level, path, 1, 'message', None, None)))
+
+    orbax = os.path.join(os.sep, 'site-packages', 'orbax', 'checkpoint',
+                         'checkpoint_manager.py')
+    self.assertFalse(shown(std_logging.INFO, orbax))
+    self.assertTrue(shown(std_logging.WARNING, orbax))
+    self.assertTrue(shown(std_logging.INFO, train.__file__))
 
   def test_keep_zero_checkpoints_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'keep_checkpoints'):

@@ -263,6 +263,15 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
   Returns:
     The layout dict, also written to out/layout.json.
   """
+  for split in splits:
+    mixed = sorted({part.split('[')[0].strip() for part in split.split('+')})
+    if len(mixed) > 1:
+      # Written as {first name}_features.npy: test images would land in the
+      # train features, and the test accuracy would be meaningless.
+      raise ValueError(
+          f'--splits entry {split!r} combines the splits {", ".join(mixed)}; '
+          'each entry must be a slice of one split, e.g. '
+          "'train[:10000],test'.")
   names = [split.split('[')[0] for split in splits]
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated:
@@ -316,6 +325,7 @@ def main(argv):
   if not _OUT.value:
     raise app.UsageError('--out is required.')
   input_pipeline.hide_accelerators_from_tf()
+  checkpoints.quiet_orbax_info()
   if _WORKDIR.value and flags.FLAGS.config is not None:
     raise app.UsageError('Give --workdir or --config, not both: a workdir '
                          'brings its own config.')

@@ -17,6 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from wgan_jax import checkpoints
 from wgan_jax import distributed
 from wgan_jax import input_pipeline
 from wgan_jax import train
@@ -51,6 +52,7 @@ def main(argv):
   if jax.process_index() > 0:
     # Process 0 speaks for the run; the others only warn and fail.
     logging.set_verbosity(logging.WARNING)
+  checkpoints.quiet_orbax_info()
   logging.info('JAX %s, backend %s', jax.__version__, jax.default_backend())
   watch = distributed.PreemptionWatch()
   try:

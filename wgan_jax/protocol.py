@@ -193,20 +193,23 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
                      f'or both of {PARTS}.')
   budget = int(memory_budget_gib * 2**30)
   n, d = train_x.shape
+  # Every class must keep rows outside the validation split: a class left
+  # with none would drop out of every fit without a word.
   counts = np.unique(train_y, return_counts=True)[1]
-  if counts.min() < val_per_class:
+  if counts.min() <= val_per_class:
     raise ValueError(
-        f'A class has only {counts.min()} train rows, fewer than the '
-        f'validation split takes (val_per_class={val_per_class}); export '
-        'more train rows or lower --val_per_class.')
+        f'A class has only {counts.min()} train rows, and the validation '
+        f'split takes val_per_class={val_per_class} of each, leaving none '
+        'or too few to fit on; export more train rows or lower '
+        '--val_per_class.')
   val_rows = class_balanced_subset(train_y, val_per_class, seed)
   rest = np.setdiff1d(np.arange(n), val_rows)
+  # Checked now rather than after the all-labels part has run for minutes.
+  left = counts.min() - val_per_class
   if 'per_class' in parts:
-    # Checked now rather than after the all-labels part has run for minutes.
-    counts = np.unique(train_y[rest], return_counts=True)[1]
-    if counts.min() < subset_per_class:
+    if left < subset_per_class:
       raise ValueError(
-          f'A class has only {counts.min()} train rows outside the '
+          f'A class has only {left} train rows outside the '
           f'{val_per_class}-per-class validation split, fewer than the '
           f'subsets take (subset_per_class={subset_per_class}); export more '
           'train rows, lower --subset_per_class or --val_per_class, or run '

@@ -365,10 +365,6 @@ def train_and_evaluate(
         manager, checkpoints.abstract_like(state, replicated))
     logging.info('Resuming from the checkpoint at step %d in %s.',
                  int(state.step), manager.directory)
-  if is_main:
-    # Written anew each start (only resumable settings can differ), so it
-    # always describes the run; a failed first start blocks nothing.
-    checkpoints.save_config(workdir, config)
   start = int(state.step)
   num_params = {name: sum(x.size for x in jax.tree.leaves(net.params))
                 for name, net in (('gen', state.gen), ('critic', state.critic))}
@@ -379,6 +375,11 @@ def train_and_evaluate(
     logging.info('Step %d already reached config.num_steps=%d; nothing to do.',
                  start, config.num_steps)
     return state
+  if is_main:
+    # Written anew each start that trains (only resumable settings can
+    # differ), so it always describes the run; a failed first start blocks
+    # nothing.
+    checkpoints.save_config(workdir, config)
 
   # ---- Input ----
   local_batch = config.batch_size // jax.process_count()
