@@ -35,6 +35,9 @@ class EndToEndTest(absltest.TestCase):
                 '--config.log_every_steps=3',
                 '--config.checkpoint_every_steps=3')
       self.assertIn('step 6 |', log)
+      # One line of ours per checkpoint instead of orbax's INFO lines.
+      self.assertIn('Checkpointing step 3', log)
+      self.assertNotIn('checkpoint_manager.py', log)
       self.assertTrue(os.path.exists(os.path.join(workdir, 'losses.png')))
       run('wgan_jax.export', f'--workdir={workdir}', f'--out={feats}',
           '--splits=train[:1000],test[:500]', '--batch_size=128')
@@ -57,6 +60,9 @@ class EndToEndTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as tmp:
       with self.assertRaisesRegex(AssertionError, 'No config.json'):
         run('wgan_jax.export', f'--workdir={tmp}', f'--out={tmp}/f')
+      with self.assertRaisesRegex(AssertionError, 'reads no critic'):
+        run('wgan_jax.export', '--source=pixels', f'--workdir={tmp}',
+            f'--out={tmp}/f')
       with self.assertRaisesRegex(AssertionError, 'nonexistent_key'):
         run('wgan_jax.main', '--config=configs/smoke.py', f'--workdir={tmp}',
             '--config.nonexistent_key=1')

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import warnings
@@ -147,6 +148,12 @@ def test_non_finite_features_are_refused(tmp_path):
   assert '--overwrite' in str(info.value)
 
 
+def test_too_few_rows_for_train_per_class_names_it(tmp_path):
+  featdir = _make_featdir(tmp_path / 'features')
+  with pytest.raises(ValueError, match='train_per_class=31'):
+    linear_eval.evaluate(featdir, train_per_class=31)
+
+
 def test_undash_flags():
   argv = ['prog', '--train-per-class=5', '--max-iter', '9', '--C=1']
   argv += ['--', '--train-per-class=1']
@@ -213,6 +220,7 @@ def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
     (['--solver=lean', '--subsets=3'],
      '--subsets, --solver have no effect with --protocol=single'),
     (['--C=-1'], '--C must be a positive number'),
+    (['--report=elsewhere', '--C=1'], '--report ignores --C'),
 ])
 def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
                                                      message):
@@ -257,8 +265,14 @@ def test_cli_protocol_writes_each_part_and_a_report(tmp_path):
   assert again['all_labels'] == results['all_labels']
   assert len(again['per_class']['accuracies']) == 3
   # Several evaluated folders in one table; a folder not evaluated is named.
-  proc = run([f'--report={featdir},{featdir}', f'--out={tmp_path}/r.md'])
+  copy = tmp_path / 'copied'
+  shutil.copytree(featdir, copy)
+  proc = run([f'--report={featdir},{copy}', f'--out={tmp_path}/r.md'])
   assert proc.returncode == 0, proc.stderr
-  assert len((tmp_path / 'r.md').read_text().splitlines()) == 4
+  rows = (tmp_path / 'r.md').read_text().splitlines()
+  assert len(rows) == 4
+  # Named by the folder given, not the one recorded when it was evaluated.
+  assert rows[2].startswith(f'| {featdir.name} (')
+  assert rows[3].startswith('| copied (')
   proc = run([f'--report={tmp_path}'])
   assert proc.returncode != 0 and 'No protocol results' in proc.stderr

@@ -146,6 +146,12 @@ def evaluate(
   layout = _read_layout(features_dir)
 
   if train_per_class is not None:
+    fewest = np.unique(train_y, return_counts=True)[1].min()
+    if fewest < train_per_class:
+      raise ValueError(
+          f'A class has only {fewest} train rows, fewer than '
+          f'train_per_class={train_per_class}; lower --train_per_class or '
+          'export more train rows.')
     rows = protocol.class_balanced_subset(train_y, train_per_class, seed)
     # Fancy indexing reads just the chosen rows from the memory map.
     train_x, train_y = train_x[rows], train_y[rows]
@@ -334,9 +340,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   flag_values = flags.FLAGS
   if flag_values.report:
-    if flag_values.features:
-      raise app.UsageError('Give --features (to evaluate) or --report (to '
-                           'tabulate evaluated folders), not both.')
+    ignored = [f'--{name}' for name in
+               ('protocol', 'seed', 'memory_budget_gib', *_SINGLE_FLAGS,
+                *_DCGAN_FLAGS) if flag_values[name].present]
+    if flag_values.features or ignored:
+      raise app.UsageError(
+          'Give --features (to evaluate) or --report (to tabulate evaluated '
+          'folders), not both' + (f'; --report ignores {", ".join(ignored)}'
+                                  if ignored else '') + '.')
     _write_report(flag_values.report, flag_values.out)
     return
   if not flag_values.features:
@@ -360,10 +371,18 @@ def main(argv: Sequence[str]) -> None:
   print(summary_line(results), flush=True)
 
 
-def _feature_set_name(results: dict[str, Any]) -> str:
-  """'folder (source, step N)' for protocol results: the features' folder."""
+def _feature_set_name(results: dict[str, Any],
+                      folder: str | None = None) -> str:
+  """'folder (source, step N)': the features' folder, as given or recorded.
+
+  Args:
+    results: protocol results.
+    folder: the folder they were read from, which names them (a copied or
+      renamed folder keeps its recorded features_dir); None: the recorded.
+  """
   layout = results.get('layout', {})
-  name = os.path.basename(os.path.normpath(results.get('features_dir', '?')))
+  folder = folder or results.get('features_dir', '?')
+  name = os.path.basename(os.path.normpath(folder))
   what = layout.get('source', 'features')
   if layout.get('step') is not None:
     what += f', step {layout["step"]}'
@@ -445,7 +464,8 @@ def _write_report(paths: Sequence[str], out: str | None) -> None:
   """
   named = []
   for path in paths:
-    if os.path.isdir(path):
+    folder = path if os.path.isdir(path) else None
+    if folder:
       path = os.path.join(path, PROTOCOL_FILENAME)
     if not os.path.isfile(path):
       raise app.UsageError(
@@ -453,7 +473,7 @@ def _write_report(paths: Sequence[str], out: str | None) -> None:
           'wgan_jax.linear_eval --features=FOLDER --protocol=dcgan` first.')
     with open(path, encoding='utf-8') as f:
       results = json.load(f)
-    name = _feature_set_name(results)
+    name = _feature_set_name(results, folder)
     if not results.get('finished', True):
       name += ' (unfinished)'
     named.append((name, results))
