@@ -148,6 +148,15 @@ def test_non_finite_features_are_refused(tmp_path):
   assert '--overwrite' in str(info.value)
 
 
+def test_truncated_features_file_is_named(tmp_path):
+  featdir = _make_featdir(tmp_path / 'features')
+  path = featdir / 'test_features.npy'
+  path.write_bytes(path.read_bytes()[:200])
+  with pytest.raises(ValueError, match='Cannot read the test split') as info:
+    linear_eval.evaluate(featdir)
+  assert '--overwrite' in str(info.value)
+
+
 def test_too_few_rows_for_train_per_class_names_it(tmp_path):
   featdir = _make_featdir(tmp_path / 'features')
   with pytest.raises(ValueError, match='train_per_class=31'):

@@ -77,8 +77,14 @@ def _load_split(
   """Memory-maps one split's features and loads its labels."""
   features_path = os.path.join(features_dir, f'{split}_features.npy')
   labels_path = os.path.join(features_dir, f'{split}_labels.npy')
-  features = np.load(features_path, mmap_mode='r')
-  labels = np.load(labels_path)
+  try:
+    features = np.load(features_path, mmap_mode='r')
+    labels = np.load(labels_path)
+  except (ValueError, OSError, EOFError) as e:
+    # A truncated or foreign file: numpy's own message names neither.
+    raise ValueError(
+        f'Cannot read the {split} split of {features_dir} ({e}); export '
+        'again (python -m wgan_jax.export ... --overwrite).') from e
   if features.ndim != 2:
     raise ValueError(
         f'{features_path} should be [N, D], got shape {features.shape}'
