@@ -229,7 +229,7 @@ def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
     (['--solver=lean', '--subsets=3'],
      '--subsets, --solver have no effect with --protocol=single'),
     (['--C=-1'], '--C must be a positive number'),
-    (['--report=elsewhere', '--C=1'], '--report ignores --C'),
+    (['--report=elsewhere'], 'not both'),
 ])
 def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
                                                      message):
@@ -243,6 +243,16 @@ def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
   assert message in proc.stderr
   assert not (featdir / 'results.json').exists()
   assert not (featdir / 'protocol_results.json').exists()
+
+
+def test_cli_report_refuses_evaluation_flags(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
+  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
+             f'--report={tmp_path}', '--C=1', '--solver=lean']
+  proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert 'ignores --C, --solver; drop them' in proc.stderr
 
 
 def test_cli_protocol_writes_each_part_and_a_report(tmp_path):

@@ -329,10 +329,11 @@ def main(argv):
   if _WORKDIR.value and flags.FLAGS.config is not None:
     raise app.UsageError('Give --workdir or --config, not both: a workdir '
                          'brings its own config.')
-  if _SOURCE.value == 'pixels' and (_WORKDIR.value or
-                                    flags.FLAGS.config is not None):
+  if _SOURCE.value == 'pixels' and (_WORKDIR.value or _STEP.value is not None
+                                    or flags.FLAGS.config is not None):
     raise app.UsageError('--source=pixels exports the images themselves and '
-                         'reads no critic: drop --workdir and --config.')
+                         'reads no critic: drop --workdir, --step and '
+                         '--config.')
   layout = export(_OUT.value, _SOURCE.value, _WORKDIR.value, _STEP.value,
                   _DATASET.value, _SPLITS.value, _BATCH.value, _DATA_DIR.value,
                   _BN_STATS.value, flags.FLAGS.config, _OVERWRITE.value)

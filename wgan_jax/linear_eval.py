@@ -349,11 +349,13 @@ def main(argv: Sequence[str]) -> None:
     ignored = [f'--{name}' for name in
                ('protocol', 'seed', 'memory_budget_gib', *_SINGLE_FLAGS,
                 *_DCGAN_FLAGS) if flag_values[name].present]
-    if flag_values.features or ignored:
+    if flag_values.features:
+      raise app.UsageError('Give --features (to evaluate) or --report (to '
+                           'tabulate evaluated folders), not both.')
+    if ignored:
       raise app.UsageError(
-          'Give --features (to evaluate) or --report (to tabulate evaluated '
-          'folders), not both' + (f'; --report ignores {", ".join(ignored)}'
-                                  if ignored else '') + '.')
+          f'--report tabulates results already written and ignores '
+          f'{", ".join(ignored)}; drop {"it" if len(ignored) == 1 else "them"}.')
     _write_report(flag_values.report, flag_values.out)
     return
   if not flag_values.features:
@@ -420,7 +422,8 @@ def _run_dcgan_protocol(flag_values) -> None:
     fileio.atomic_write_json(out, results)
     table = protocol.markdown_table([(_feature_set_name(results), results)])
     fileio.atomic_write_text(os.path.splitext(out)[0] + '.md', table + '\n')
-    logging.info('Wrote %s and its table', out)
+    logging.info('Wrote %s and its table (%s)', out,
+                 'finished' if finished else 'parts done so far')
     return table
 
   results = protocol.run(train_x, train_y, test_x, test_y,
