@@ -355,7 +355,8 @@ def main(argv: Sequence[str]) -> None:
     if ignored:
       raise app.UsageError(
           f'--report tabulates results already written and ignores '
-          f'{", ".join(ignored)}; drop {"it" if len(ignored) == 1 else "them"}.')
+          f'{", ".join(ignored)}; drop '
+          f'{"it" if len(ignored) == 1 else "them"}.')
     _write_report(flag_values.report, flag_values.out)
     return
   if not flag_values.features:
