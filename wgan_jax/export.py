@@ -158,7 +158,7 @@ def export_split(feature_fn, dim: int, split: str, out: str, dataset: str,
   """
   n = input_pipeline.num_examples(dataset, split, data_dir)
   # 'train[:10000]' is written as train_*.npy, which linear_eval reads.
-  name = split.split('[')[0]
+  name = _split_name(split)
   final = os.path.join(out, f'{name}_features.npy')
   tmp = final + '.partial'
   feats = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
@@ -213,6 +213,11 @@ def _write_rows(feature_fn, feats, n, split, dataset, batch_size, data_dir):
   return labels, seconds
 
 
+def _split_name(split: str) -> str:
+  """The split a TFDS split string slices: 'train' for 'train[:10000]'."""
+  return split.split('[')[0].strip()
+
+
 def clear_previous_export(out: str, overwrite: bool) -> None:
   """Refuses, or with `overwrite` removes, an export already in `out`.
 
@@ -264,7 +269,7 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
     The layout dict, also written to out/layout.json.
   """
   for split in splits:
-    mixed = sorted({part.split('[')[0].strip() for part in split.split('+')})
+    mixed = sorted({_split_name(part) for part in split.split('+')})
     if len(mixed) > 1:
       # Written as {first name}_features.npy: test images would land in the
       # train features, and the test accuracy would be meaningless.
@@ -272,7 +277,7 @@ def export(out: str, source: str = 'checkpoint', workdir: str | None = None,
           f'--splits entry {split!r} combines the splits {", ".join(mixed)}; '
           'each entry must be a slice of one split, e.g. '
           "'train[:10000],test'.")
-  names = [split.split('[')[0] for split in splits]
+  names = [_split_name(split) for split in splits]
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated:
     # Each split is written to one {name}_features.npy: a second slice of

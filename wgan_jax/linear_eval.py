@@ -152,13 +152,12 @@ def evaluate(
   layout = _read_layout(features_dir)
 
   if train_per_class is not None:
-    fewest = np.unique(train_y, return_counts=True)[1].min()
-    if fewest < train_per_class:
+    try:
+      rows = protocol.class_balanced_subset(train_y, train_per_class, seed)
+    except ValueError as e:
       raise ValueError(
-          f'A class has only {fewest} train rows, fewer than '
-          f'train_per_class={train_per_class}; lower --train_per_class or '
-          'export more train rows.')
-    rows = protocol.class_balanced_subset(train_y, train_per_class, seed)
+          f'train_per_class={train_per_class}: {e}; lower --train_per_class '
+          'or export more train rows.') from e
     # Fancy indexing reads just the chosen rows from the memory map.
     train_x, train_y = train_x[rows], train_y[rows]
   logging.info(
@@ -302,11 +301,15 @@ _DCGAN_FLAGS = ('subsets', 'subset_per_class', 'val_per_class', 'parts',
                 'solver', 'patience')
 
 
+def _given(flag_values, names: Sequence[str]) -> list[str]:
+  """'--name' for each of `names` given on the command line."""
+  return [f'--{name}' for name in names if flag_values[name].present]
+
+
 def _refuse_flags_of_the_other_protocol(flag_values) -> None:
   """Raises app.UsageError for a flag the chosen protocol would ignore."""
   dcgan = flag_values.protocol == 'dcgan'
-  ignored = [f'--{name}' for name in (_SINGLE_FLAGS if dcgan else _DCGAN_FLAGS)
-             if flag_values[name].present]
+  ignored = _given(flag_values, _SINGLE_FLAGS if dcgan else _DCGAN_FLAGS)
   if ignored:
     reason = ('chooses C on validation and fits every part itself' if dcgan
               else 'is one LinearSVC fit')
@@ -346,9 +349,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   flag_values = flags.FLAGS
   if flag_values.report:
-    ignored = [f'--{name}' for name in
-               ('protocol', 'seed', 'memory_budget_gib', *_SINGLE_FLAGS,
-                *_DCGAN_FLAGS) if flag_values[name].present]
+    ignored = _given(flag_values, ('protocol', 'seed', 'memory_budget_gib',
+                                   *_SINGLE_FLAGS, *_DCGAN_FLAGS))
     if flag_values.features:
       raise app.UsageError('Give --features (to evaluate) or --report (to '
                            'tabulate evaluated folders), not both.')

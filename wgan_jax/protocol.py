@@ -204,9 +204,9 @@ def run(train_x, train_y, test_x, test_y, *, val_per_class=500,
         '--val_per_class.')
   val_rows = class_balanced_subset(train_y, val_per_class, seed)
   rest = np.setdiff1d(np.arange(n), val_rows)
-  # Checked now rather than after the all-labels part has run for minutes.
-  left = counts.min() - val_per_class
   if 'per_class' in parts:
+    # Checked now rather than after the all-labels part has run for minutes.
+    left = counts.min() - val_per_class
     if left < subset_per_class:
       raise ValueError(
           f'A class has only {left} train rows outside the '
