@@ -43,6 +43,18 @@ def _make_featdir(path, n_train=30, n_test=10, n_classes=3, dim=6, seed=0):
   return path
 
 
+def _run_cli(args, cwd, timeout=120):
+  """Runs `python -m wgan_jax.linear_eval ARGS`; returns the process.
+
+  A subprocess, because the CLI defines absl flags on the global registry.
+  """
+  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
+  return subprocess.run(
+      [sys.executable, '-m', 'wgan_jax.linear_eval', *args],
+      capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
+      check=False)
+
+
 def test_class_balanced_subset_exact_counts():
   labels = np.array([0] * 7 + [1] * 12 + [2] * 5 + [5] * 9)
   rows = protocol.class_balanced_subset(labels, per_class=5, seed=0)
@@ -180,19 +192,8 @@ def test_undash_flags():
 
 def test_cli_writes_results(tmp_path):
   featdir = _make_featdir(tmp_path / 'features')
-  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
-  command = [sys.executable, '-m', 'wgan_jax.linear_eval']
-  command += [f'--features={featdir}', '--train-per-class=10', '--C=0.01']
-  # A subprocess, because the CLI defines absl flags on the global registry.
-  proc = subprocess.run(
-      command,
-      capture_output=True,
-      text=True,
-      env=env,
-      cwd=tmp_path,
-      timeout=120,
-      check=False,
-  )
+  proc = _run_cli([f'--features={featdir}', '--train-per-class=10',
+                   '--C=0.01'], tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith(
       'test accuracy 100.00% (C=0.01, 30 train rows x 6 dims, fit '
@@ -213,11 +214,8 @@ def test_features_of_two_exports_are_refused(tmp_path):
 
 def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
   featdir = _make_featdir(tmp_path / 'features')
-  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
-  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
-             f'--features={featdir}', '--memory_budget_gib=1e-9']
-  proc = subprocess.run(command, capture_output=True, text=True, env=env,
-                        cwd=tmp_path, timeout=120, check=False)
+  proc = _run_cli([f'--features={featdir}', '--memory_budget_gib=1e-9'],
+                  tmp_path)
   assert proc.returncode != 0
   assert 'over the' in proc.stderr and '--protocol=dcgan' in proc.stderr
   assert not (featdir / 'results.json').exists()
@@ -234,11 +232,7 @@ def test_cli_refuses_a_single_fit_over_the_memory_budget(tmp_path):
 def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
                                                      message):
   featdir = _make_featdir(tmp_path / 'features')
-  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
-  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
-             f'--features={featdir}', *flags]
-  proc = subprocess.run(command, capture_output=True, text=True, env=env,
-                        cwd=tmp_path, timeout=120, check=False)
+  proc = _run_cli([f'--features={featdir}', *flags], tmp_path)
   assert proc.returncode != 0
   assert message in proc.stderr
   assert not (featdir / 'results.json').exists()
@@ -246,22 +240,15 @@ def test_cli_refuses_flags_it_would_ignore_or_misuse(tmp_path, flags,
 
 
 def test_cli_report_refuses_evaluation_flags(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
-  command = [sys.executable, '-m', 'wgan_jax.linear_eval',
-             f'--report={tmp_path}', '--C=1', '--solver=lean']
-  proc = subprocess.run(command, capture_output=True, text=True, env=env,
-                        cwd=tmp_path, timeout=120, check=False)
+  proc = _run_cli([f'--report={tmp_path}', '--C=1', '--solver=lean'],
+                  tmp_path)
   assert proc.returncode != 0
   assert 'ignores --C, --solver; drop them' in proc.stderr
 
 
 def test_cli_protocol_writes_each_part_and_a_report(tmp_path):
   featdir = _make_featdir(tmp_path / 'features', n_train=40, n_test=10)
-  env = dict(os.environ, PYTHONPATH=str(_REPO_ROOT))
-  base = [sys.executable, '-m', 'wgan_jax.linear_eval']
-  run = lambda args: subprocess.run(base + args, capture_output=True,
-                                    text=True, env=env, cwd=tmp_path,
-                                    timeout=300, check=False)
+  run = lambda args: _run_cli(args, tmp_path, timeout=300)
   proc = run([f'--features={featdir}', '--protocol=dcgan', '--subsets=2',
               '--val_per_class=10', '--subset_per_class=10',
               '--solver=lean'])
